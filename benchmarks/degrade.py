@@ -4,7 +4,8 @@
 Same-run baselines calibrate the machine: one per-sample 21x21 depthwise blur of the batch (the cost of a single
 Real-ESRGAN blur done naively), bicubic x4 + Gaussian noise, and USM done the reference way (a full 2-D 51x51
 convolution) against restorekit's separable USM. Input: 256x256 crops of Kodak24 (shared data) or of the bundled
-sample photos. Reports medians over repeats; writes benchmarks/results/degrade.json (or degrade_<device>.json).
+sample photos. Repeat i uses a Degrader seeded with i, so every run (and every code version) times the same
+workload. Reports medians over repeats; writes benchmarks/results/degrade.json (or degrade_<device>.json).
 
 Usage: python benchmarks/degrade.py [--device cpu|cuda] [--repeats 10] [--batch 16] [--size 256]
 """
@@ -59,8 +60,10 @@ def main(device='cpu', repeats=10, batch=16, size=256, seed=0):
                repeats=repeats, presets={}, baselines={})
     for name, kw in (('realesrgan', dict(scale=4)), ('bicubic', dict(scale=4)), ('jpeg_heavy', dict(scale=1)),
                      ('bsrgan', dict(scale=4)), ('light', dict(scale=4))):
-        deg = Degrader(preset(name, **kw), seed=seed)
-        med, ts = bench(lambda: deg(hr), dev, repeats)
+        cfg = preset(name, **kw)
+        degs = iter([Degrader(cfg, seed=seed + i) for i in range(repeats + 2)])   # the same workload in every run
+        med, ts = bench(lambda: next(degs)(hr), dev, repeats)
+        deg = Degrader(cfg, seed=seed)
         prof = {}
         for _ in range(3): deg(hr, profile=prof)
         tot = sum(prof.values())
