@@ -55,6 +55,7 @@ def check_batch(
 # %% ../nbs/03_degrade.ipynb #349c0356
 _TAP_EPS, _RANK_EPS = 1e-8, 1e-7
 _SIZE_CLASSES = (7, 11, 15, 21)
+_FFT_MIN = 17          # 2-D kernels this wide go through the FFT (measured crossover on a 2-core CPU)
 
 def kernel_support(k:torch.Tensor) -> torch.Tensor:
     "Odd side of the smallest centred square holding the non-negligible taps of each `(B,K,K)` kernel."
@@ -90,6 +91,7 @@ def _fft_filter(x:torch.Tensor, k:torch.Tensor) -> torch.Tensor:
     "Correlate each `(n,C,H,W)` sample with its `(n,K,K)` kernel via FFT, reflect padding."
     H, W = x.shape[-2:]
     r = k.shape[-1] // 2
+    if x.dtype not in (torch.float32, torch.float64): x, k = x.float(), k.float()   # no half-precision FFTs on CPU
     xp = F.pad(x, (r, r, r, r), mode='reflect')
     s = (_fft_size(H + 2 * r), _fft_size(W + 2 * r))
     z = torch.fft.irfft2(torch.fft.rfft2(xp, s=s) * torch.fft.rfft2(k.flip(-1, -2), s=s).unsqueeze(1), s=s)
@@ -122,7 +124,7 @@ def filter2d(
         if kind == 'sep':                                             # k = col ⊗ row
             col, row = (u[idx, sl, 0] * sv[idx, :1].sqrt()), (vh[idx, 0, sl] * sv[idx, :1].sqrt())
             y = _depthwise(xi, [row.view(-1, 1, s).to(x.device, x.dtype), col.view(-1, s, 1).to(x.device, x.dtype)], r)
-        elif len(idx) <= 2 and s >= 11 and H * W >= 96 * 96:         # lone samples: FFT beats a depthwise convolution
+        elif H * W >= 96 * 96 and (s >= _FFT_MIN or (len(idx) <= 2 and s >= 11)):  # wide kernels, lone samples: FFT wins
             y = _fft_filter(xi, kc[idx, sl, sl].to(x.device, x.dtype)).to(x.dtype)
         else: y = _depthwise(xi, [kc[idx, sl, sl].to(x.device, x.dtype)], r)
         if len(idx) == B: return y
@@ -153,14 +155,15 @@ def filter_matrix(
     M.index_put_((i.expand_as(p), p), k1d.double().view(1, -1).expand_as(p), accumulate=True)
     return M
 
-def _row_blocks(M:torch.Tensor, nb:int=4) -> list:
-    "Split a banded `(n,n)` matrix into `nb` row blocks, each with just the input rows it touches."
+def _bands(M:torch.Tensor, width:int=32) -> list:
+    "Split a banded `(n,n)` matrix into blocks of `width` output rows, each with just the input columns it touches."
     n, out = M.shape[0], []
-    for o0 in range(0, n, -(-n // nb)):
-        o1 = min(n, o0 - (-n // nb))
+    for o0 in range(0, n, width):
+        o1 = min(n, o0 + width)
         nz = (M[o0:o1] != 0).any(0).nonzero().flatten()
         i0, i1 = int(nz.min()), int(nz.max()) + 1
-        out.append((i0, i1, M[o0:o1, i0:i1].contiguous()))
+        Mb = M[o0:o1, i0:i1]
+        out.append((i0, i1, Mb.contiguous(), Mb.T.contiguous()))
     return out
 
 def separable_blur(
@@ -171,12 +174,12 @@ def separable_blur(
     H, W = x.shape[-2:]
     key = lambda n: (n, tuple(k1d.tolist()), x.device, x.dtype)
     for n in {H, W}:
-        if key(n) not in _FILTER_MATS:
-            M = filter_matrix(n, k1d).to(x.device, x.dtype)
-            _FILTER_MATS[key(n)] = (M.T.contiguous(), _row_blocks(M))
-    y = x @ _FILTER_MATS[key(W)][0]                        # along W: one GEMM
-    # along H: the band is narrow, so multiply row blocks by only the rows they touch (~1/3 fewer flops)
-    return torch.cat([Mb @ y[..., i0:i1, :] for i0, i1, Mb in _FILTER_MATS[key(H)][1]], dim=-2)
+        if key(n) not in _FILTER_MATS: _FILTER_MATS[key(n)] = _bands(filter_matrix(n, k1d).to(x.device, x.dtype))
+    # The filter matrix is a band K wide: blocks of 32 outputs multiply only the K+31 inputs they touch
+    # (≈2.5× fewer flops than one full GEMM on 256² planes, and still GEMM-shaped).
+    y = torch.cat([x[..., i0:i1] @ MbT for i0, i1, _, MbT in _FILTER_MATS[key(W)]], dim=-1)      # along W
+    return torch.cat([Mb @ y[..., i0:i1, :] for i0, i1, Mb, _ in _FILTER_MATS[key(H)]], dim=-2)  # along H
+
 
 # %% ../nbs/03_degrade.ipynb #3fb75029
 def usm_sharpen(
@@ -187,11 +190,14 @@ def usm_sharpen(
 ) -> torch.Tensor:
     "Unsharp-mask sharpening with a soft threshold mask (BasicSR's `USMSharp`)."
     if radius % 2 == 0: radius += 1
+    if x.shape[0] > 4:   # chunks of 4 samples keep the elementwise passes in cache: ~30% faster on a CPU
+        return torch.cat([usm_sharpen(c, radius, weight, threshold) for c in x.split(4)])
     g = gaussian_kernel1d(radius)
-    res = separable_blur(x, g).sub_(x).neg_()                       # x − G∗x
-    soft = separable_blur(res.abs().mul_(255).gt_(threshold), g)     # G∗[|x − G∗x| > t]
-    sharp = res.mul_(weight).add_(x).clamp_(0, 1)                   # clip(x + w·(x − G∗x))
-    return sharp.sub_(x).mul_(soft).add_(x)                         # soft·sharp + (1 − soft)·x, in place
+    res = torch.sub(x, b := separable_blur(x, g), out=b)                # x − G∗x
+    soft = separable_blur(res.abs().mul_(255).gt_(threshold), g)       # G∗[|x − G∗x| > t]
+    sharp = torch.add(x, res, alpha=weight, out=res).clamp_(0, 1)      # clip(x + w·(x − G∗x))
+    return torch.lerp(x, sharp, soft, out=soft)                        # soft·sharp + (1 − soft)·x
+
 
 # %% ../nbs/03_degrade.ipynb #b0e511b8
 RESIZE_MODES = ('area', 'bilinear', 'bicubic')
@@ -240,15 +246,26 @@ def poisson_table(
         _POISSON_TABLES[key] = torch.searchsorted(cdf, u).clamp(max=kmax).to(torch.int16).flatten().to(device)
     return _POISSON_TABLES[key]
 
+def _poisson_index(q:torch.Tensor, generator) -> torch.Tensor:
+    "Table indices `q·Q + m` with one uniform `m` in [0, Q) per element of the level tensor `q`, int32."
+    m = torch.randint(0, _POISSON_Q, q.shape, generator=generator, device=q.device, dtype=torch.int32)
+    return m.add_(q.to(torch.int32), alpha=_POISSON_Q)     # < 2^22: int32 indices halve the traffic
+
 def sample_poisson_levels(
     q:torch.Tensor,      # Float tensor of 8-bit levels 0..255 (integers)
     v:int,               # λ = v·q/255
     generator:torch.Generator|None=None, # On `q`'s device
 ) -> torch.Tensor:       # Poisson(v·q/255) draws, float
     "Draw Poisson(v·q/255) for every element of the level tensor `q` (inverse-CDF table lookup)."
-    u = torch.rand(q.shape, generator=generator, device=q.device, dtype=torch.float32).mul_(_POISSON_Q).floor_()
-    idx = (q.float() * _POISSON_Q).add_(u).int()    # < 2^24: exact in float32; int32 indices halve the traffic
-    return poisson_table(v, q.device).index_select(0, idx.flatten()).view(q.shape).to(q.dtype)
+    return poisson_table(v, q.device).index_select(0, _poisson_index(q, generator).flatten()).view(q.shape).to(q.dtype)
+
+def _poisson_noise(q:torch.Tensor, v:int, generator) -> torch.Tensor:
+    "`Poisson(v·q/255)/v − q/255` for the levels `q`, from a table that holds the noise itself (one gather, no arithmetic)."
+    key = ('noise', int(v), str(q.device))
+    if key not in _POISSON_TABLES:
+        levels = torch.arange(256, device=q.device, dtype=torch.float64).repeat_interleave(_POISSON_Q)
+        _POISSON_TABLES[key] = (poisson_table(v, q.device).double() / v - levels / 255).float()
+    return _POISSON_TABLES[key].index_select(0, _poisson_index(q, generator).flatten()).view(q.shape).to(q.dtype)
 
 def _noise_field(x, gray, fn):
     "Noise from `fn(shape)`: one channel shared for the `gray` samples, one per channel for the others."
@@ -271,7 +288,7 @@ def add_gaussian_noise(
     "Add per-sample Gaussian noise, colour or gray."
     B = x.shape[0]
     noise = _noise_field(x, gray.cpu(), lambda sh: torch.randn(sh, generator=generator, device=x.device, dtype=x.dtype))
-    out = noise.mul(sigma.to(x.device, x.dtype).view(B, 1, 1, 1) / 255).add_(x)
+    out = torch.addcmul(x, noise, sigma.to(x.device, x.dtype).view(B, 1, 1, 1) / 255)
     return out.clamp_(0, 1) if clip else out
 
 def _levels(q:torch.Tensor) -> torch.Tensor:
@@ -302,7 +319,7 @@ def add_poisson_noise(
         for vv in v.unique().tolist():          # nearly always a single value (256)
             m = (v == vv).nonzero().flatten()
             qm = q if len(m) == len(q) else q[m]
-            nm = sample_poisson_levels(qm, vv, generator).div_(vv).sub_(qm.div(255))
+            nm = _poisson_noise(qm, vv, generator)
             if len(m) == len(q): n = nm
             else: n[m] = nm
         if is_gray: n = n.expand(-1, C, -1, -1)
@@ -310,7 +327,7 @@ def add_poisson_noise(
         else:
             if noise is None: noise = x.new_empty(x.shape)
             noise[sel] = n
-    out = x + noise * scale.to(x.device, x.dtype).view(B, 1, 1, 1)
+    out = torch.addcmul(x, noise, scale.to(x.device, x.dtype).view(B, 1, 1, 1))
     return out.clamp_(0, 1) if clip else out
 
 # %% ../nbs/03_degrade.ipynb #d58c764e

@@ -161,3 +161,17 @@ def photo_maker():
 def photos_writer():
     "The `write_photos(folder, n, h, w, prefix, exts, seed0)` helper."
     return write_photos
+
+
+@pytest.fixture
+def offline_empty_cache(tmp_path, monkeypatch):
+    "An empty torch hub cache (`TORCH_HOME=tmp_path/'torch'`), no RESTOREKIT_TRUNK_DIR, and downloads failing as they do offline."
+    import urllib.error
+
+    import torch
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
+    monkeypatch.delenv('RESTOREKIT_TRUNK_DIR', raising=False)
+    monkeypatch.delenv('RESTOREKIT_OFFLINE', raising=False)
+    def no_network(*a, **k): raise urllib.error.URLError('[Errno -2] Name or service not known')
+    monkeypatch.setattr(torch.hub, 'urlopen', no_network)
+    return tmp_path
