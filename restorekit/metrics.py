@@ -6,13 +6,17 @@ Docs: https://restorekit.github.io/restorekit/metrics.html.md"""
 
 # %% ../nbs/06_metrics.ipynb #b8368b35
 from __future__ import annotations
-import math
+import math, warnings
 from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from fastai.learner import Metric
+with warnings.catch_warnings():   # fastai 2.8 calls torch.jit.script at import, deprecated since torch 2.14: not actionable here
+    warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
+    from fastai.learner import Metric
+
+from .perceptual import LPIPS
 
 # %% auto #0
 __all__ = ['to_levels', 'rgb_to_y', 'psnr', 'ssim', 'AvgImageMetric', 'PSNR', 'SSIM', 'psnr_metric', 'ssim_metric', 'LPIPSMetric',
@@ -187,7 +191,6 @@ class LPIPSMetric(AvgImageMetric):
         pred, targ = (x.float() / 255 if x.dtype == torch.uint8 else x.float() for x in (pred, targ))
         if pred.shape[1] == 1: pred, targ = pred.expand(-1, 3, -1, -1), targ.expand(-1, 3, -1, -1)
         if self.model is None:
-            from restorekit.perceptual import LPIPS
             self.model = LPIPS(net=self.net, trunk=self.trunk, heads=self.heads, input_range=(0, 1), **self.kwargs).eval()
         self.model.to(pred.device)
         with torch.no_grad(): return self.model(pred, targ.to(pred.device)).reshape(-1)
