@@ -16,8 +16,8 @@ import torch.nn.functional as F
 import torchvision
 
 # %% auto #0
-__all__ = ['TRUNK_ARCHS', 'LPIPS_NETS', 'NORM_EPS', 'WeightsMismatchError', 'load_strict', 'TrunkWeightsError', 'trunk_file',
-           'find_trunk_file', 'load_trunk', 'lpips_heads_file', 'LPIPS']
+__all__ = ['TRUNK_ARCHS', 'LPIPS_NETS', 'NORM_EPS', 'WeightsMismatchError', 'state_dict_diff', 'load_strict', 'TrunkWeightsError',
+           'trunk_file', 'find_trunk_file', 'load_trunk', 'lpips_heads_file', 'LPIPS']
 
 # %% ../nbs/04_perceptual.ipynb #aceb64a6
 class WeightsMismatchError(ValueError):
@@ -29,6 +29,16 @@ class WeightsMismatchError(ValueError):
               + ([f"wrong shapes: {few(mismatched)}"] if mismatched else [])
         super().__init__(f"{source} does not match {what}: " + '; '.join(parts))
 
+def state_dict_diff(
+    expected:Mapping,  # `{name: tensor or shape}` the module needs
+    sd:Mapping,        # `{name: tensor}` on offer
+) -> tuple[list, list, list]:  # missing keys, unexpected keys, `name (shape) (expected shape)` mismatches
+    "How `sd` differs from `expected`: keys missing, keys unexpected, and tensors of the wrong shape."
+    shape = lambda v: tuple(v.shape) if isinstance(v, torch.Tensor) else tuple(v)
+    missing, unexpected = [k for k in expected if k not in sd], [k for k in sd if k not in expected]
+    mismatched = [f"{k} {tuple(sd[k].shape)} (expected {shape(v)})" for k, v in expected.items() if k in sd and tuple(sd[k].shape) != shape(v)]
+    return missing, unexpected, mismatched
+
 def load_strict(
     module:nn.Module,  # Module to load into
     sd:Mapping,        # State dict
@@ -39,8 +49,7 @@ def load_strict(
     if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise WeightsMismatchError(what, source, [], [f"<not a state dict of tensors: {type(sd).__name__}>"], [])
     own = module.state_dict()
-    missing, unexpected = [k for k in own if k not in sd], [k for k in sd if k not in own]
-    mismatched = [f"{k} {tuple(sd[k].shape)} (expected {tuple(v.shape)})" for k, v in own.items() if k in sd and sd[k].shape != v.shape]
+    missing, unexpected, mismatched = state_dict_diff(own, sd)
     if missing or unexpected or mismatched: raise WeightsMismatchError(what, source, missing, unexpected, mismatched)
     module.load_state_dict(sd, strict=True)
     return module
@@ -127,9 +136,8 @@ def load_trunk(
             sd, src = _read_weights(p, arch), str(p)
         else: raise TypeError(f"trunk must be 'imagenet', 'random', a path or a state dict, got {type(trunk).__name__}")
         if isinstance(sd, Mapping) and any(k.startswith('features.') for k in sd):     # a whole model's state dict
-            missing = [k for k in full if k not in sd]; unexpected = [k for k in sd if k not in full]
-            mism = [f"{k} {tuple(sd[k].shape)} (expected {tuple(full[k])})" for k in full if k in sd and sd[k].shape != full[k]]
-            if missing or unexpected or mism: raise WeightsMismatchError(f"torchvision's {arch}", src, missing, unexpected, mism)
+            diff = state_dict_diff(full, sd)
+            if any(diff): raise WeightsMismatchError(f"torchvision's {arch}", src, *diff)
             sd = {k[len('features.'):]: v for k, v in sd.items() if k.startswith('features.')}
         load_strict(feats, sd, f"the features of torchvision's {arch}", src)
     return feats.requires_grad_(False).eval()
