@@ -6,14 +6,18 @@ Docs: https://restorekit.github.io/restorekit/callbacks.html.md"""
 
 # %% ../nbs/09_callbacks.ipynb #89fcfd2d
 from __future__ import annotations
-import io, json, math, operator, time, warnings
+import hashlib, io, json, math, operator, random, time, warnings
 from pathlib import Path
 
+import numpy as np
 import torch
+from fastcore.foundation import L
 
 from .core import atomic_write_bytes
-from .learner import EMACallback
-from .models import save_weights
+from .degrade import GoldCallback
+from .learner import CosineWarmup, EMACallback, StopAfter
+from .models import read_state_dict, save_weights
+from .perceptual import load_strict
 
 with warnings.catch_warnings():   # fastai 2.8 calls torch.jit.script at import, deprecated since torch 2.14: not actionable here
     warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
@@ -21,7 +25,8 @@ with warnings.catch_warnings():   # fastai 2.8 calls torch.jit.script at import,
     from fastai.callback.progress import ProgressCallback
 
 # %% auto #0
-__all__ = ['ValidateEvery', 'NonFiniteLossError', 'NaNGuard', 'JSONLLogger', 'plot_loss_curve']
+__all__ = ['ValidateEvery', 'NonFiniteLossError', 'NaNGuard', 'JSONLLogger', 'plot_loss_curve', 'CheckpointError',
+           'save_checkpoint', 'read_checkpoint', 'load_checkpoint', 'resume', 'CheckpointEvery', 'fit_resumable']
 
 # %% ../nbs/09_callbacks.ipynb #82ee2e1e
 _HIGHER_IS_BETTER = {'psnr': True, 'ssim': True, 'loss': False, 'valid_loss': False, 'lpips': False}
@@ -211,3 +216,234 @@ def plot_loss_curve(
     out = Path(out_png)
     atomic_write_bytes(out, buf.getvalue())
     return out
+
+# %% ../nbs/09_callbacks.ipynb #af6e7802
+class CheckpointError(RuntimeError):
+    "Raised when a checkpoint is incomplete or corrupt (a missing manifest, a missing, truncated or altered file)."
+
+# %% ../nbs/09_callbacks.ipynb #a09f6468
+_CKPT_FORMAT, _CKPT_VERSION = 'restorekit-checkpoint', 1
+
+def _sha256(p:Path) -> str:
+    h = hashlib.sha256()
+    with open(p, 'rb') as f:
+        for b in iter(lambda: f.read(1 << 20), b''): h.update(b)
+    return h.hexdigest()
+
+def _rng_state() -> dict:
+    "torch/CUDA/numpy/python RNG states as tensors and plain python types (loadable with `weights_only=True`)."
+    npst = np.random.get_state()
+    return {'torch': torch.get_rng_state(), 'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+            'numpy': [npst[0], torch.from_numpy(npst[1].astype(np.int64)), int(npst[2]), int(npst[3]), float(npst[4])],
+            'python': random.getstate()}
+
+def _set_rng_state(d:dict):
+    torch.set_rng_state(d['torch'])
+    if d['cuda'] and torch.cuda.is_available() and len(d['cuda']) == torch.cuda.device_count(): torch.cuda.set_rng_state_all(d['cuda'])
+    n = d['numpy']
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
+    v, st, g = d['python']
+    random.setstate((v, tuple(st), g))
+
+def _plain(o, where:str='state'):
+    "`o` with fastcore `L`s and tuples as lists, checked to hold only tensors and plain python values (for `weights_only=True`)."
+    if isinstance(o, torch.Tensor) or o is None or isinstance(o, (bool, int, float, str)): return o
+    if isinstance(o, np.generic): return o.item()
+    if isinstance(o, dict): return {k: _plain(v, f'{where}[{k!r}]') for k, v in o.items()}
+    if isinstance(o, (list, tuple, L)): return [_plain(v, f'{where}[{i}]') for i, v in enumerate(o)]
+    raise TypeError(f"cannot checkpoint {where}: a {type(o).__name__} is neither a tensor nor a plain python value")
+
+def _find(learn, cls):
+    return next((cb for cb in learn.cbs if isinstance(cb, cls)), None)
+
+def _run_total(learn) -> int:
+    "Iterations of the current fit: `StopAfter`'s count (from `fit_iters`), else the schedule's, else `n_epoch * len(dls.train)`."
+    stop, sched = _find(learn, StopAfter), _find(learn, CosineWarmup)
+    if stop is not None: return int(stop.n_iter)
+    if sched is not None and getattr(sched, 'n_total', None): return int(sched.n_total)
+    return int(getattr(learn, 'n_epoch', 1) * len(learn.dls.train))
+
+# %% ../nbs/09_callbacks.ipynb #73654409
+def save_checkpoint(
+    learn,                # The learner, during or after `fit`
+    path,                 # Folder of the checkpoint
+    fname:str='last',     # Manifest `{fname}.json`; data files `{fname}-{iter}.*`
+    total:int|None=None,  # Iterations of the whole run (default: the current fit's)
+) -> Path:                # The manifest
+    "Save the full training state (weights, EMA, optimizer, iteration, sampler, degrader, schedule, callbacks, RNGs) atomically."
+    d = Path(path); d.mkdir(parents=True, exist_ok=True)
+    it = int(getattr(learn, 'train_iter', 0))
+    total = int(total if total is not None else _run_total(learn))
+    if learn.opt is None: learn.create_opt()
+    ema, sched, gold = _find(learn, EMACallback), _find(learn, CosineWarmup), _find(learn, GoldCallback)
+    ve, ng = _find(learn, ValidateEvery), _find(learn, NaNGuard)
+    sampler = getattr(learn.dls.train, 'sampler', None)
+    state = {'iter': it, 'total': total, 'opt': _plain(learn.opt.state_dict(), 'opt'), 'rng': _rng_state(),
+             'sampler': sampler.state_dict() if hasattr(sampler, 'state_dict') else None,
+             'degrader': gold.degrader.state_dict() if gold is not None else None,
+             'ema_n_updates': ema.n_updates if ema is not None else None,
+             'sched': None if sched is None else {'warmup': sched.warmup, 'eta_min': sched.eta_min,
+                                                  'base': list(getattr(sched, 'base', None) or [h['lr'] for h in learn.opt.hypers])},
+             'validate_every': None if ve is None else {'history': [list(h) for h in ve.history], 'saved': list(ve.saved),
+                                                        'best': ve.best, 'best_iter': ve.best_iter},
+             'nan_guard': None if ng is None else {'n_skipped': ng.n_skipped, 'consecutive': ng.consecutive,
+                                                   'skipped_iters': list(ng.skipped_iters)}}
+    stem = f'{fname}-{it:09d}'
+    files = {'model': save_weights(learn.model, d/f'{stem}.model.safetensors', {'iter': it}).name}
+    if ema is not None and ema.shadow is not None:
+        files['ema'] = save_weights(ema.shadow, d/f'{stem}.ema.safetensors', {'iter': it}).name
+    buf = io.BytesIO(); torch.save(_plain(state), buf)
+    files['state'] = atomic_write_bytes(d/f'{stem}.state.pt', buf.getvalue()).name
+    man = {'format': _CKPT_FORMAT, 'version': _CKPT_VERSION, 'iter': it, 'total': total, 'time': time.time(),
+           'files': files, 'bytes': {k: (d/v).stat().st_size for k, v in files.items()},
+           'sha256': {k: _sha256(d/v) for k, v in files.items()}}
+    mp = atomic_write_bytes(d/f'{fname}.json', json.dumps(man, indent=1).encode())   # last: the checkpoint now exists
+    keep = set(files.values())
+    for p in d.glob(f'{fname}-*'):                                                    # the previous checkpoint's files
+        if p.name not in keep and p.suffix in ('.safetensors', '.pt'): p.unlink(missing_ok=True)
+    return mp
+
+# %% ../nbs/09_callbacks.ipynb #b2fc9920
+def read_checkpoint(
+    path,              # Folder of the checkpoint (or its manifest)
+    fname:str='last',  # Manifest name, without `.json`
+) -> dict:             # `manifest`, `model` and `ema` state dicts (`ema` may be None), `state`
+    "Read and verify a checkpoint (sizes and SHA-256 of each file, `torch.load(weights_only=True)`); clear errors naming the bad file."
+    mp = Path(path)
+    if mp.suffix != '.json': mp = mp/f'{fname}.json'
+    if not mp.is_file(): raise CheckpointError(f"no complete checkpoint: the manifest {str(mp)!r} does not exist "
+                                               "(it is written last, so a run killed while saving leaves none)")
+    try: man = json.loads(mp.read_text())
+    except (ValueError, UnicodeDecodeError) as e: raise CheckpointError(f"checkpoint manifest {str(mp)!r} is corrupt: {e}") from None
+    if man.get('format') != _CKPT_FORMAT: raise CheckpointError(f"{str(mp)!r} is not a restorekit checkpoint manifest")
+    out = {'manifest': man, 'ema': None}
+    for k, name in man['files'].items():
+        p = mp.parent/name
+        if not p.is_file(): raise CheckpointError(f"checkpoint file {str(p)!r} (listed in {mp.name}) is missing")
+        if p.stat().st_size != man['bytes'][k]: raise CheckpointError(
+            f"checkpoint file {str(p)!r} is truncated or altered: {p.stat().st_size} bytes, the manifest says {man['bytes'][k]}")
+        if _sha256(p) != man['sha256'][k]: raise CheckpointError(f"checkpoint file {str(p)!r} is corrupt: its SHA-256 does not match the manifest")
+        try: out[k] = torch.load(p, map_location='cpu', weights_only=True) if k == 'state' else read_state_dict(p)
+        except Exception as e: raise CheckpointError(f"cannot load checkpoint file {str(p)!r}: {e}") from e
+    return out
+
+# %% ../nbs/09_callbacks.ipynb #0c5a2760
+class _Resume(Callback):
+    "Put a learner at a checkpoint's position at the start of `fit`: iteration, callbacks' state, first batch, RNGs."
+    order, run_valid = -30, False   # before `StopAfter`, `GoldCallback` and the schedule see the first batch
+    def __init__(self, state:dict): self.state, self.done_train, self.done_batch = state, False, False
+    def before_train(self):
+        if self.done_train: return
+        self.done_train, s, learn = True, self.state, self.learn
+        learn.train_iter = s['iter']
+        sched, ve, ng = _find(learn, CosineWarmup), _find(learn, ValidateEvery), _find(learn, NaNGuard)
+        if sched is not None and s['sched'] is not None and getattr(sched, 'active', False):
+            sched.base = list(s['sched']['base'])
+        if ve is not None and s['validate_every'] is not None:
+            v = s['validate_every']
+            ve.history, ve.saved, ve.best, ve.best_iter = [tuple(h) for h in v['history']], list(v['saved']), v['best'], v['best_iter']
+        if ng is not None and s['nan_guard'] is not None:
+            ng.n_skipped, ng.consecutive, ng.skipped_iters = s['nan_guard']['n_skipped'], s['nan_guard']['consecutive'], list(s['nan_guard']['skipped_iters'])
+        sampler = getattr(learn.dl, 'sampler', None)
+        skip = (s['iter'] % len(learn.dl)) * learn.dl.bs
+        if skip and sampler is not None: learn.dl = learn.dl.new(sampler=_SkipSampler(sampler, skip))
+    def before_batch(self):
+        if not self.done_batch: self.done_batch = True; _set_rng_state(self.state['rng'])
+
+class _SkipSampler:
+    "The pass of `sampler` without its first `n` samples (the batches a checkpointed run already trained on)."
+    def __init__(self, sampler, n:int): self.sampler, self.n = sampler, n
+    def __len__(self): return len(self.sampler) - self.n
+    def __iter__(self): return iter(list(self.sampler)[self.n:])
+
+# %% ../nbs/09_callbacks.ipynb #80bb228b
+def load_checkpoint(
+    learn,             # A learner built like the one that was saved
+    path,              # Folder of the checkpoint (or its manifest)
+    fname:str='last',  # Manifest name
+) -> dict:             # The checkpoint's state (`iter`, `total`, ...), for `resume`
+    "Load a checkpoint's weights, EMA, optimizer, sampler and degrader states into `learn` (the training position is set by `resume`)."
+    ck = read_checkpoint(path, fname)
+    s = ck['state']
+    load_strict(learn.model, ck['model'], type(learn.model).__name__, ck['manifest']['files']['model'])
+    ema = _find(learn, EMACallback)
+    if ema is not None and ck['ema'] is not None:
+        dev = next(learn.model.parameters()).device
+        ema.shadow, ema.n_updates = {k: v.to(dev) for k, v in ck['ema'].items()}, s['ema_n_updates']
+    if learn.opt is None: learn.create_opt()
+    learn.opt.load_state_dict({'state': s['opt']['state'], 'hypers': L(s['opt']['hypers'])})
+    sampler = getattr(learn.dls.train, 'sampler', None)
+    if s['sampler'] is not None and sampler is not None:
+        st = dict(s['sampler'])
+        if s['iter'] % len(learn.dls.train): st['epoch'] -= 1   # the pass in progress is drawn again, then cut
+        sampler.load_state_dict(st)
+    gold = _find(learn, GoldCallback)
+    if gold is not None and s['degrader'] is not None: gold.degrader.load_state_dict(s['degrader'])
+    return s
+
+# %% ../nbs/09_callbacks.ipynb #2874902e
+def resume(
+    learn,             # A learner built like the one that was saved (same data, model, callbacks)
+    path,              # Folder of the checkpoint (or its manifest)
+    fname:str='last',  # Manifest name
+    cbs=None,          # Extra callbacks for the rest of the run (e.g. a new `CheckpointEvery`)
+) -> int:              # Iterations trained now
+    "Load a checkpoint and train the rest of its run: the same batches, learning rates and random draws as without the break."
+    s = load_checkpoint(learn, path, fname)
+    it, total = s['iter'], s['total']
+    if it >= total: return 0
+    L = len(learn.dls.train)
+    sched = _find(learn, CosineWarmup)
+    extra = [StopAfter(total), _Resume(s)]
+    if sched is None: sched = CosineWarmup(); extra.append(sched)
+    old = sched.total, sched.warmup, sched.eta_min
+    sched.total = total
+    if s['sched'] is not None: sched.warmup, sched.eta_min = s['sched']['warmup'], s['sched']['eta_min']
+    try: learn.fit(math.ceil(total / L) - it // L, cbs=extra + list(cbs or []), reset_opt=False)
+    finally: sched.total, sched.warmup, sched.eta_min = old
+    return total - it
+
+# %% ../nbs/09_callbacks.ipynb #de2ff97c
+class CheckpointEvery(Callback):
+    "Save the full training state atomically every `n_iter` training iterations and at the end of `fit`, for `resume`."
+    order, run_valid = 90, False   # after the step, the EMA update, `ValidateEvery` and `NaNGuard`
+    def __init__(self,
+        n_iter:int=1000,   # Save after every `n_iter` training iterations (counted over the whole run)
+        path=None,         # Folder (default `learn.path/learn.model_dir`)
+        fname:str='last',  # Manifest `{fname}.json`
+    ):
+        if n_iter < 1: raise ValueError(f"n_iter must be >= 1, got {n_iter}")
+        self.n_iter, self.path, self.fname, self.saved = n_iter, path, fname, []
+    @property
+    def dir(self) -> Path:
+        "Folder of the checkpoint."
+        return Path(self.path) if self.path is not None else Path(self.learn.path)/self.learn.model_dir
+    def save(self) -> Path:
+        "Save now."
+        p = save_checkpoint(self.learn, self.dir, self.fname)
+        self.saved.append(self.learn.train_iter)
+        return p
+    def before_fit(self): self.saved = []
+    def after_batch(self):
+        if self.training and self.learn.train_iter % self.n_iter == 0: self.save()
+    def after_fit(self):
+        it = getattr(self.learn, 'train_iter', 0)
+        if it and (not self.saved or self.saved[-1] != it): self.save()
+
+# %% ../nbs/09_callbacks.ipynb #396a1718
+def fit_resumable(
+    learn,             # The learner
+    n_iter:int,        # Iterations of the whole run
+    path,              # Checkpoint folder
+    every:int=1000,    # Save every `every` iterations
+    fname:str='last',  # Manifest name
+    cbs=None,          # Extra callbacks
+) -> int:              # Iterations trained by this call
+    "Train for `n_iter` iterations with checkpoints, resuming from the checkpoint in `path` when there is one."
+    ck = CheckpointEvery(every, path, fname)
+    if not (Path(path)/f'{fname}.json').exists():
+        learn.fit_iters(n_iter, cbs=[ck] + list(cbs or []))
+        return n_iter
+    man = read_checkpoint(path, fname)['manifest']
+    if man['total'] != n_iter: raise ValueError(f"the checkpoint in {str(path)!r} is of a {man['total']}-iteration run, not {n_iter}")
+    return resume(learn, path, fname, cbs=[ck] + list(cbs or []))
