@@ -1,0 +1,142 @@
+"""Tests of `restorekit.train`: config loading and its errors, a tiny CPU run, resuming an interrupted run, the CLI."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from restorekit.callbacks import CheckpointEvery, read_checkpoint
+from restorekit.models import create_model, load_weights
+from restorekit.train import TRAIN_PRESETS, TrainConfig, load_config, train
+
+TINY = ['n_iter=20', 'validate_every=10', 'checkpoint_every=10', 'patch=32', 'bs=4', 'model_kw.n_blocks=1',
+        'valid_crop=64']
+RUN_FILES = ['best.safetensors', 'comparison.png', 'config.yaml', 'log.jsonl', 'loss_curve.png', 'summary.json']
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_config(*extra) -> TrainConfig:
+    return load_config(preset='demo', overrides=TINY + list(extra))
+
+
+# --- config -------------------------------------------------------------------------------------------------------
+
+def test_presets_load():
+    for name in TRAIN_PRESETS:
+        over = ['pretrained=' + __file__] if name == 'jpeg_heavy_finetune' else []
+        cfg = load_config(preset=name, overrides=over)
+        assert cfg.preset == name and cfg.patch % cfg.scale == 0
+
+
+def test_overrides_and_yaml(tmp_path):
+    p = tmp_path / 'c.yaml'
+    p.write_text(yaml.safe_dump({'preset': 'demo', 'n_iter': 7, 'loss': {'charbonnier': 0.5}}))
+    cfg = load_config(p, ['model_kw.n_blocks=2', 'ema=null'])
+    assert (cfg.n_iter, cfg.scale, cfg.ema) == (7, 2, None)
+    assert cfg.loss == {'l1': 1.0, 'ms_ssim': 0.2, 'lpips': 0.0, 'vgg': 0.0, 'charbonnier': 0.5}
+    assert cfg.model_kw == {'n_feats': 16, 'n_blocks': 2}
+
+
+@pytest.mark.parametrize('kw, err, msg', [
+    ({'overrides': ['n_iters=5']}, ValueError, "did you mean 'n_iter'"),
+    ({'src': {'lerning_rate': 1e-3}}, ValueError, 'Valid keys: silver, valid'),
+    ({'overrides': ['loss.lpip=1']}, ValueError, "did you mean 'lpips'"),
+    ({'src': {'lr': 'fast'}}, TypeError, "'lr' must be float"),
+    ({'src': {'bs': 2.5}}, TypeError, "'bs' must be int"),
+    ({'overrides': ['patch=63']}, ValueError, 'not a multiple of scale 2'),
+    ({'src': {'silver': '/no/such/store'}}, FileNotFoundError, 'does not exist'),
+    ({'src': {'valid': ['/no/such.png']}}, FileNotFoundError, 'does not exist'),
+    ({'overrides': ['degrade=jpg_heavy']}, ValueError, "did you mean 'jpeg_heavy'"),
+    ({'overrides': ['n_iter']}, ValueError, 'key=value'),
+])
+def test_config_errors(kw, err, msg):
+    with pytest.raises(err, match=msg): load_config(preset=kw.pop('preset', 'demo'), **kw)
+
+
+def test_bad_preset_and_missing_pretrained():
+    with pytest.raises(ValueError, match="did you mean 'demo'"): load_config(preset='dmeo')
+    with pytest.raises(ValueError, match='set pretrained'): load_config(preset='jpeg_heavy_finetune')
+    with pytest.raises(FileNotFoundError, match='pretrained'):
+        load_config(preset='jpeg_heavy_finetune', overrides=['pretrained=/no/weights.safetensors'])
+
+
+# --- training -----------------------------------------------------------------------------------------------------
+
+def test_tiny_run(tmp_path):
+    run = train(tiny_config(), run_dir=tmp_path / 'run', verbose=False)
+    assert run == tmp_path / 'run'
+    assert sorted(p.name for p in run.iterdir() if p.is_file()) == RUN_FILES
+    assert read_checkpoint(run / 'checkpoint')['manifest']['iter'] == 20
+    cfg = load_config(run / 'config.yaml')
+    assert cfg.run_dir == str(run) and cfg.n_iter == 20
+    load_weights(create_model(cfg.arch, cfg.scale, **cfg.model_kw), run / 'best.safetensors', strict=True)
+    recs = [json.loads(line) for line in (run / 'log.jsonl').read_text().splitlines()]
+    assert sum(r['type'] == 'train' for r in recs) == 20 and any(r['type'] == 'valid' for r in recs)
+    s = json.loads((run / 'summary.json').read_text())
+    assert s['best_iter'] in (10, 20) and s['psnr_bicubic'] > 20
+    with pytest.raises(FileExistsError, match='resume'): train(tiny_config(), run_dir=run, verbose=False)
+
+
+def test_resume_after_interruption(tmp_path, monkeypatch):
+    run = tmp_path / 'run'
+    # kill the run right after its first checkpoint (iteration 10), as a crash would
+    class Boom(Exception): pass
+    orig = CheckpointEvery.save
+    def save_then_crash(self):
+        p = orig(self)
+        if self.learn.train_iter == 10: raise Boom('killed at iteration 10')
+        return p
+    monkeypatch.setattr(CheckpointEvery, 'save', save_then_crash)
+    with pytest.raises(Boom): train(tiny_config(), run_dir=run, verbose=False)
+    assert read_checkpoint(run / 'checkpoint')['manifest']['iter'] == 10
+    assert not (run / 'summary.json').exists()
+    monkeypatch.setattr(CheckpointEvery, 'save', orig)
+    train(resume=True, run_dir=run, verbose=False)
+    assert read_checkpoint(run / 'checkpoint')['manifest']['iter'] == 20
+    assert sorted(p.name for p in run.iterdir() if p.is_file()) == RUN_FILES
+    iters = [json.loads(line)['iter'] for line in (run / 'log.jsonl').read_text().splitlines()
+             if json.loads(line)['type'] == 'train']
+    assert iters[-1] == 20 and len(iters) >= 20
+
+
+def test_resume_needs_run_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match='not a run folder'): train(resume=True, run_dir=tmp_path, verbose=False)
+
+
+# --- command line -------------------------------------------------------------------------------------------------
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, '-m', 'restorekit.train', *args], check=False, capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
+
+
+def test_cli(tmp_path):
+    r = _cli('--preset', 'demo', '--n-iter', '10', '--run-dir', 'tmp', '--set', 'validate_every=5', 'patch=32', 'bs=4',
+             'model_kw.n_blocks=1', 'valid_crop=64', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    run = tmp_path / 'tmp'
+    assert sorted(p.name for p in run.iterdir() if p.is_file()) == RUN_FILES
+    assert 'Run folder: tmp' in r.stdout
+    assert load_config(run / 'config.yaml').n_iter == 10
+    r = _cli('--resume', '--run-dir', 'tmp', cwd=tmp_path)          # a finished run: nothing left to train
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_cli_errors(tmp_path):
+    r = _cli('--preset', 'dmeo', cwd=tmp_path)
+    assert r.returncode == 1 and "did you mean 'demo'" in r.stderr
+    r = _cli('--preset', 'demo', '--set', 'n_iters=3', cwd=tmp_path)
+    assert r.returncode == 1 and "did you mean 'n_iter'" in r.stderr
+    r = _cli('--resume', cwd=tmp_path)
+    assert r.returncode == 1 and '--run-dir' in r.stderr
