@@ -15,7 +15,7 @@ from fastcore.foundation import L
 
 from .core import atomic_write_bytes
 from .degrade import GoldCallback
-from .learner import CosineWarmup, EMACallback, StopAfter
+from .learner import CosineWarmup, EMACallback, StopAfter, bare_model, iters_per_epoch
 from .models import read_state_dict, save_weights
 from .perceptual import load_strict
 
@@ -23,9 +23,10 @@ with warnings.catch_warnings():   # fastai 2.8 calls torch.jit.script at import,
     warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
     from fastai.callback.core import Callback, CancelBatchException
     from fastai.callback.progress import ProgressCallback
+    from fastai.torch_core import rank_distrib
 
 # %% auto #0
-__all__ = ['ValidateEvery', 'NonFiniteLossError', 'NaNGuard', 'JSONLLogger', 'plot_loss_curve', 'CheckpointError',
+__all__ = ['ValidateEvery', 'NonFiniteLossError', 'NaNGuard', 'JSONLLogger', 'plot_loss_curve', 'FreezeFor', 'CheckpointError',
            'save_checkpoint', 'read_checkpoint', 'load_checkpoint', 'resume', 'CheckpointEvery', 'fit_resumable']
 
 # %% ../nbs/09_callbacks.ipynb #82ee2e1e
@@ -54,8 +55,10 @@ class ValidateEvery(Callback):
         fname:str='best',       # Saved as `{fname}.safetensors`
         path=None,              # Folder (default `learn.path/learn.model_dir`)
         with_ema:bool=True,     # Validate and save the EMA weights when an `EMACallback` is present
+        meta:dict|None=None,    # Extra header entries of the saved file (e.g. arch, scale: see `load_trained`)
     ):
         if n_iter < 1: raise ValueError(f"n_iter must be >= 1, got {n_iter}")
+        self.meta = dict(meta or {})
         if comp is None:
             if monitor not in _HIGHER_IS_BETTER: raise ValueError(f"cannot tell whether higher or lower {monitor!r} is better: pass comp=operator.gt or operator.lt")
             comp = operator.gt if _HIGHER_IS_BETTER[monitor] else operator.lt
@@ -102,14 +105,15 @@ class ValidateEvery(Callback):
         "The weights that were validated: the EMA ones (with an `EMACallback` and `with_ema`), else the model's."
         ema = self._ema()
         if self.with_ema and ema is not None and ema.n_updates: return ema.ema_state_dict()
-        return self.learn.model.state_dict()
+        return bare_model(self.learn.model).state_dict()
 
     def update(self, it:int, value:float) -> bool:
         "Record `value` at iteration `it`; save the weights when it improves on the best so far. Returns whether it did."
         self.history.append((it, value))
         if math.isnan(value) or (self.best is not None and not self.comp(value, self.best)): return False
         self.best, self.best_iter = value, it
-        save_weights(self.weights(), self.fpath, {'iter': it, 'metric': self.monitor, 'value': repr(value)})
+        if not rank_distrib():   # one writer under DDP
+            save_weights(self.weights(), self.fpath, {**self.meta, 'iter': it, 'metric': self.monitor, 'value': repr(value)})
         self.saved.append(it)
         return True
 
@@ -166,17 +170,28 @@ class JSONLLogger(Callback):
     def __init__(self,
         fname:str='log.jsonl',   # File name, relative to `path`
         path=None,               # Folder (default `learn.path`)
-        append:bool=True,        # Keep lines already in the file
+        append:bool=True,        # Keep the lines already in the file, up to the iteration this `fit` starts from
     ): self.fname, self.path, self.append, self._f = fname, path, append, None
     @property
     def fpath(self) -> Path:
         "Where the log goes."
         return (Path(self.path) if self.path is not None else Path(self.learn.path))/self.fname
+    def _trim(self, it:int):
+        "Drop the lines of iterations >= `it` (written by a run killed after its last checkpoint) and a partial last line."
+        self._f.close()
+        keep = []
+        for line in self.fpath.read_text().splitlines():
+            try: r = json.loads(line)
+            except ValueError: continue
+            if isinstance(r, dict) and r.get('iter', 0) < it: keep.append(line + '\n')
+        atomic_write_bytes(self.fpath, ''.join(keep).encode())
+        self._f = open(self.fpath, 'a')
     def _write(self, rec:dict):
+        if not self._trimmed: self._trim(rec['iter']); self._trimmed = True
         self._f.write(json.dumps(rec) + '\n'); self._f.flush()
     def before_fit(self):
         self.fpath.parent.mkdir(parents=True, exist_ok=True)
-        self._f = open(self.fpath, 'a' if self.append else 'w')
+        self._f, self._trimmed = open(self.fpath, 'a' if self.append else 'w'), not self.append
     def after_batch(self):
         if not self.training or self._f is None: return
         rec = {'type': 'train', 'iter': self.learn.train_iter, 'epoch': self.learn.epoch, 'loss': _num(self.learn.loss),
@@ -201,7 +216,10 @@ def plot_loss_curve(
     "Plot the training loss (and a validation metric) of a JSON-lines log to a PNG."
     from matplotlib.figure import Figure
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    recs = [json.loads(l) for l in Path(log_path).read_text().splitlines() if l.strip()]
+    recs = []
+    for line in Path(log_path).read_text().splitlines():
+        try: recs.append(json.loads(line))
+        except ValueError: pass   # a line cut short by a killed run
     tr = [(r['iter'], r['loss']) for r in recs if r.get('type') == 'train' and r.get('loss') is not None]
     va = [(r['iter'], r[metric]) for r in recs if r.get('type') == 'valid' and r.get(metric) is not None]
     if not tr: raise ValueError(f"no training losses in {str(log_path)!r}")
@@ -216,6 +234,28 @@ def plot_loss_curve(
     out = Path(out_png)
     atomic_write_bytes(out, buf.getvalue())
     return out
+
+# %% ../nbs/09_callbacks.ipynb #dae03acc
+class FreezeFor(Callback):
+    "Train only the head (the splitter's last parameter group) for the first `n_iter` iterations, then the whole model."
+    order, run_valid = -20, False   # after `_Resume` sets the counter, before the forward pass
+    def __init__(self, n_iter:int):  # Iterations with the body frozen (counted over the whole run)
+        if n_iter < 0: raise ValueError(f"n_iter must be >= 0, got {n_iter}")
+        self.n_iter, self.frozen = n_iter, None
+    def before_fit(self):
+        if self.learn.opt is None: self.learn.create_opt()
+        if len(self.opt.param_lists) < 2: raise ValueError("FreezeFor needs a splitter with at least two parameter groups (body, head)")
+        self.frozen = None
+    def before_batch(self):
+        want = self.train_iter < self.n_iter
+        if want == self.frozen: return
+        self.opt.freeze_to(-1 if want else 0)      # only requires_grad: the optimizer state is kept
+        if want:
+            for p, *_ in self.opt.all_params(slice(None, -1)): p.grad = None   # so no stale gradient moves the body
+        self.frozen = want
+    def after_fit(self):
+        if self.frozen: self.opt.freeze_to(0)
+        self.frozen = None
 
 # %% ../nbs/09_callbacks.ipynb #af6e7802
 class CheckpointError(RuntimeError):
@@ -261,7 +301,7 @@ def _run_total(learn) -> int:
     stop, sched = _find(learn, StopAfter), _find(learn, CosineWarmup)
     if stop is not None: return int(stop.n_iter)
     if sched is not None and getattr(sched, 'n_total', None): return int(sched.n_total)
-    return int(getattr(learn, 'n_epoch', 1) * len(learn.dls.train))
+    return int(getattr(learn, 'n_epoch', 1) * iters_per_epoch(learn.dls.train))
 
 # %% ../nbs/09_callbacks.ipynb #73654409
 def save_checkpoint(
@@ -289,7 +329,7 @@ def save_checkpoint(
              'nan_guard': None if ng is None else {'n_skipped': ng.n_skipped, 'consecutive': ng.consecutive,
                                                    'skipped_iters': list(ng.skipped_iters)}}
     stem = f'{fname}-{it:09d}'
-    files = {'model': save_weights(learn.model, d/f'{stem}.model.safetensors', {'iter': it}).name}
+    files = {'model': save_weights(bare_model(learn.model), d/f'{stem}.model.safetensors', {'iter': it}).name}
     if ema is not None and ema.shadow is not None:
         files['ema'] = save_weights(ema.shadow, d/f'{stem}.ema.safetensors', {'iter': it}).name
     buf = io.BytesIO(); torch.save(_plain(state), buf)
@@ -345,7 +385,7 @@ class _Resume(Callback):
         if ng is not None and s['nan_guard'] is not None:
             ng.n_skipped, ng.consecutive, ng.skipped_iters = s['nan_guard']['n_skipped'], s['nan_guard']['consecutive'], list(s['nan_guard']['skipped_iters'])
         sampler = getattr(learn.dl, 'sampler', None)
-        skip = (s['iter'] % len(learn.dl)) * learn.dl.bs
+        skip = (s['iter'] % iters_per_epoch(learn.dl)) * learn.dl.bs
         if skip and sampler is not None: learn.dl = learn.dl.new(sampler=_SkipSampler(sampler, skip))
     def before_batch(self):
         if not self.done_batch: self.done_batch = True; _set_rng_state(self.state['rng'])
@@ -375,7 +415,7 @@ def load_checkpoint(
     sampler = getattr(learn.dls.train, 'sampler', None)
     if s['sampler'] is not None and sampler is not None:
         st = dict(s['sampler'])
-        if s['iter'] % len(learn.dls.train): st['epoch'] -= 1   # the pass in progress is drawn again, then cut
+        if s['iter'] % iters_per_epoch(learn.dls.train): st['epoch'] -= 1   # the pass in progress is drawn again, then cut
         sampler.load_state_dict(st)
     gold = _find(learn, GoldCallback)
     if gold is not None and s['degrader'] is not None: gold.degrader.load_state_dict(s['degrader'])
@@ -392,7 +432,7 @@ def resume(
     s = load_checkpoint(learn, path, fname)
     it, total = s['iter'], s['total']
     if it >= total: return 0
-    L = len(learn.dls.train)
+    L = iters_per_epoch(learn.dls.train)
     sched = _find(learn, CosineWarmup)
     extra = [StopAfter(total), _Resume(s)]
     if sched is None: sched = CosineWarmup(); extra.append(sched)
@@ -419,8 +459,8 @@ class CheckpointEvery(Callback):
         "Folder of the checkpoint."
         return Path(self.path) if self.path is not None else Path(self.learn.path)/self.learn.model_dir
     def save(self) -> Path:
-        "Save now."
-        p = save_checkpoint(self.learn, self.dir, self.fname)
+        "Save now (in a distributed run, only the process of rank 0 writes)."
+        p = save_checkpoint(self.learn, self.dir, self.fname) if not rank_distrib() else None
         self.saved.append(self.learn.train_iter)
         return p
     def before_fit(self): self.saved = []

@@ -347,21 +347,34 @@ def add_poisson_noise(
 def jpeg(
     x:torch.Tensor,          # `(B,3,H,W)` in [0,1]
     quality:torch.Tensor,    # `(B,)` JPEG qualities 1-100 (rounded)
+    gpu_codec:bool=False,    # On CUDA, use nvJPEG image by image instead of libjpeg-turbo on the host
 ) -> torch.Tensor:
     "Compress and decompress each sample with libjpeg at its own quality."
-    return torch.cat(jpeg_list(list(x.split(1)), quality))
+    return torch.cat(jpeg_list(list(x.split(1)), quality, gpu_codec))
+
+def _to_cpu_once(ts:list) -> list:
+    "`ts` on the CPU with a single device-to-host copy."
+    if ts[0].device.type == 'cpu': return ts
+    flat = torch.cat([t.reshape(-1) for t in ts]).cpu()
+    return [f.view(t.shape) for f, t in zip(flat.split([t.numel() for t in ts]), ts)]
 
 def jpeg_list(
     xs:list,                 # `(1,3,h,w)` tensors in [0,1], sizes may differ
     quality:torch.Tensor,    # `(len(xs),)` JPEG qualities 1-100 (rounded)
+    gpu_codec:bool=False,    # On CUDA, use nvJPEG image by image instead of libjpeg-turbo on the host
 ) -> list:
-    "`jpeg` for a list of differently sized images; on the CPU the codec calls run in a thread pool."
+    "`jpeg` for a list of differently sized images; the codec calls run in a thread pool."
     q = quality.round().clamp(1, 100).int().tolist()
     dev, dt = xs[0].device, xs[0].dtype
     u8 = [x[0].detach().mul(255).round_().clamp_(0, 255).to(torch.uint8) for x in xs]
-    if dev.type == 'cuda': outs = [decode_jpeg(encode_jpeg(u, quality=qi), device=dev) for u, qi in zip(u8, q)]
-    else: outs = list(_jpeg_pool().map(_jpeg_cpu, [u.cpu() for u in u8], q))   # OpenCV releases the GIL
-    return [o.to(dev, dt).unsqueeze(0) / 255 for o in outs]
+    if dev.type == 'cuda' and gpu_codec:   # nvJPEG; the encoded bytes pass through the host, where the decoder reads them
+        outs = [decode_jpeg(encode_jpeg(u, quality=qi).cpu(), device=dev) for u, qi in zip(u8, q)]
+        return [o.to(dt).unsqueeze(0) / 255 for o in outs]
+    outs = list(_jpeg_pool().map(_jpeg_cpu, _to_cpu_once(u8), q))   # OpenCV releases the GIL
+    if dev.type != 'cpu':                                            # one host-to-device copy back
+        flat = torch.cat([o.reshape(-1) for o in outs]).to(dev, non_blocking=True)
+        outs = [f.view(o.shape) for f, o in zip(flat.split([o.numel() for o in outs]), outs)]
+    return [o.to(dt).unsqueeze(0) / 255 for o in outs]
 
 _POOL = None
 def _jpeg_pool():

@@ -31,10 +31,12 @@ with warnings.catch_warnings():   # fastai 2.8 calls torch.jit.script at import,
     from fastai.data.load import DataLoader
     from fastai.learner import Learner
     from fastai.optimizer import Adam
+    from fastai.torch_core import num_distrib
+    from fastai.distributed import DistributedDL
 
 # %% auto #0
-__all__ = ['PatchSampler', 'TrainPatches', 'SamplerDL', 'restoration_dls', 'cosine_lr', 'CosineWarmup', 'StopAfter',
-           'EMACallback', 'default_metrics', 'restoration_learner']
+__all__ = ['PatchSampler', 'TrainPatches', 'SamplerDL', 'iters_per_epoch', 'restoration_dls', 'cosine_lr', 'CosineWarmup',
+           'StopAfter', 'bare_model', 'EMACallback', 'default_metrics', 'restoration_learner']
 
 # %% ../nbs/08_learner.ipynb #26a0d955
 class PatchSampler(torch.utils.data.Sampler):
@@ -43,16 +45,18 @@ class PatchSampler(torch.utils.data.Sampler):
         n:int,            # Number of patches in the store
         num_samples:int,  # Samples per pass (`epoch_len * bs`)
         seed:int=0,       # Seed: the k-th pass depends only on `(seed, k)`
+        world:int|None=None, # Processes sharing each pass (DDP); None: `WORLD_SIZE` (1 outside distributed runs)
     ):
         if n < 1: raise ValueError(f"PatchSampler needs at least one patch, got n={n}")
         if num_samples < 1: raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        self.world = max(1, num_distrib()) if world is None else world
         self.n, self.num_samples, self.seed, self.epoch = n, num_samples, seed, 0
-    def __len__(self): return self.num_samples
+    def __len__(self): return self.num_samples * self.world
     def draw(self, epoch:int) -> list[tuple[int, int]]:
         "The pairs of pass `epoch`, without advancing the sampler."
         rng = np.random.default_rng([self.seed, epoch])
-        idx = rng.integers(0, self.n, self.num_samples)
-        crop = rng.integers(0, 2**62, self.num_samples)
+        idx = rng.integers(0, self.n, len(self))
+        crop = rng.integers(0, 2**62, len(self))
         return list(zip(idx.tolist(), crop.tolist()))
     def __iter__(self):
         out = self.draw(self.epoch)
@@ -73,7 +77,7 @@ class TrainPatches(torch.utils.data.Dataset):
         self.store, self.patch, self.augment = store, patch, augment
     def __len__(self): return len(self.store)
     def __getitem__(self, key) -> tuple[torch.Tensor]:
-        i, s = key if isinstance(key, tuple) else (key, int(key))
+        i, s = tuple(key) if isinstance(key, (tuple, list)) else (key, int(key))   # fastai's DistributedDL gives lists
         rng = np.random.default_rng(s)
         a, p = self.store.read(int(i)), self.patch
         y, x = rng.integers(0, self.store.patch - p + 1, 2)
@@ -97,6 +101,20 @@ class SamplerDL(DataLoader):
     def new(self, dataset=None, cls=None, **kwargs):
         "A copy sharing (or replacing, with `sampler=`) this loader's sampler."
         return super().new(dataset, cls, **{'sampler': self.sampler, **kwargs})
+
+# %% ../nbs/08_learner.ipynb #b096a1a2
+def _broadcast_on_backend_device(self, t, rank):
+    "fastai's `DistributedDL._broadcast`, with the tensor on the CPU unless the backend is NCCL (fastai 2.8 always uses CUDA)."
+    t = torch.as_tensor(t, dtype=torch.long, device='cuda' if torch.distributed.get_backend() == 'nccl' else 'cpu')
+    torch.distributed.broadcast(t, rank)
+    return t.cpu().tolist()
+
+DistributedDL._broadcast = _broadcast_on_backend_device
+
+def iters_per_epoch(dl) -> int:
+    "Training iterations per epoch in this process (`DistributedDL` gives each of `WORLD_SIZE` processes its share of a pass)."
+    n, world = len(dl), max(1, num_distrib())
+    return n if world == 1 or isinstance(dl, DistributedDL) else math.ceil(n / world)
 
 # %% ../nbs/08_learner.ipynb #d91742f2
 def _valid_images(valid) -> list:
@@ -198,7 +216,7 @@ class CosineWarmup(Callback):
         self.active = not any(isinstance(cb, ParamScheduler) and 'lr' in cb.scheds for cb in self.learn.cbs)
         if not self.active: return
         self.base = [h['lr'] for h in self.opt.hypers]
-        self.n_total = self.total or self.n_epoch * len(self.dls.train)
+        self.n_total = self.total or self.n_epoch * iters_per_epoch(self.dls.train)
         self.lrs = []
     def before_batch(self):
         if not self.active: return
@@ -217,6 +235,13 @@ class StopAfter(Callback):
         if self.train_iter >= self.n_iter: raise CancelTrainException()
 
 # %% ../nbs/08_learner.ipynb #16b84069
+def bare_model(model:torch.nn.Module) -> torch.nn.Module:
+    "`model` without its `DistributedDataParallel`/`DataParallel` or `torch.compile` wrapper (whose state-dict keys are prefixed)."
+    while True:
+        if isinstance(model, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)): model = model.module
+        elif hasattr(model, '_orig_mod'): model = model._orig_mod
+        else: return model
+
 class EMACallback(Callback):
     "Keep an exponential moving average of the weights (`shadow`), updated after each step; validate with it."
     order = 5
@@ -229,25 +254,28 @@ class EMACallback(Callback):
         self.decay, self.warmup, self.swap, self.shadow, self.n_updates, self._raw = decay, warmup, swap, None, 0, None
     def reset(self): self.shadow, self.n_updates = None, 0
     def before_fit(self):
-        sd = self.learn.model.state_dict()
+        sd = bare_model(self.learn.model).state_dict()
         if self.shadow is None or self.shadow.keys() != sd.keys() or any(self.shadow[k].shape != v.shape for k, v in sd.items()):
             self.shadow, self.n_updates = {k: v.detach().clone() for k, v in sd.items()}, 0
     @torch.no_grad()
     def after_step(self):
         d = min(self.decay, (1 + self.n_updates) / (10 + self.n_updates)) if self.warmup else self.decay
-        for k, v in self.learn.model.state_dict().items():
+        ema, new = [], []
+        for k, v in bare_model(self.learn.model).state_dict().items():
             e = self.shadow[k]
             if e.device != v.device: e = self.shadow[k] = e.to(v.device)
-            if v.dtype.is_floating_point: e.lerp_(v.detach().to(e.dtype), 1 - d)
+            if v.dtype.is_floating_point and v.dtype == e.dtype: ema.append(e); new.append(v.detach())
+            elif v.dtype.is_floating_point: e.lerp_(v.detach().to(e.dtype), 1 - d)
             else: e.copy_(v)
+        if ema: torch._foreach_lerp_(ema, new, 1 - d)   # one fused launch for all tensors (as timm's ModelEmaV3)
         self.n_updates += 1
     def before_validate(self):
         if not self.swap or not self.n_updates: return
-        m = self.learn.model
+        m = bare_model(self.learn.model)
         self._raw = {k: v.detach().clone() for k, v in m.state_dict().items()}
         m.load_state_dict(self.shadow)
     def after_validate(self):
-        if self._raw is not None: self.learn.model.load_state_dict(self._raw); self._raw = None
+        if self._raw is not None: bare_model(self.learn.model).load_state_dict(self._raw); self._raw = None
     def ema_state_dict(self) -> dict:
         "A copy of the EMA weights (for `save_weights` / inference)."
         if self.shadow is None: raise RuntimeError("no EMA weights yet: train first")
@@ -316,7 +344,7 @@ def fit_iters(self:Learner,
     reset_opt:bool=False,   # Start a fresh optimizer
 ):
     "Train for exactly `n_iter` iterations, validating after every `len(dls.train)` of them and at the end."
-    n_iter = n_iter or getattr(self, 'default_iters', None) or len(self.dls.train)
+    n_iter = n_iter or getattr(self, 'default_iters', None) or iters_per_epoch(self.dls.train)
     if n_iter < 1: raise ValueError(f"n_iter must be >= 1, got {n_iter}")
     sched = first(cb for cb in self.cbs if isinstance(cb, CosineWarmup))
     extra = [StopAfter(n_iter)]
@@ -324,5 +352,5 @@ def fit_iters(self:Learner,
     old = sched.total, sched.warmup
     sched.total = n_iter
     if warmup is not None: cosine_lr(0, 1, 1., warmup); sched.warmup = warmup
-    try: self.fit(math.ceil(n_iter / len(self.dls.train)), lr=lr, cbs=extra + list(cbs or []), reset_opt=reset_opt)
+    try: self.fit(math.ceil(n_iter / iters_per_epoch(self.dls.train)), lr=lr, cbs=extra + list(cbs or []), reset_opt=reset_opt)
     finally: sched.total, sched.warmup = old

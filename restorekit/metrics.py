@@ -132,6 +132,7 @@ class AvgImageMetric(Metric):
         pred, targ = learn.pred.detach(), learn.yb[0].detach()
         if self.clamp_pred: pred = pred.float().clamp(0, 1)
         v = self.func(pred, targ).reshape(-1)
+        if hasattr(learn, 'to_detach'): v = learn.to_detach(v)   # gathered from every process in a distributed run
         self.total += v.double().sum().item(); self.count += v.numel()
     @property
     def value(self): return self.total / self.count if self.count else None

@@ -6,7 +6,7 @@ Docs: https://restorekit.github.io/restorekit/models.html.md"""
 
 # %% ../nbs/07_models.ipynb #25bd92db
 from __future__ import annotations
-import importlib, inspect, math, pickle, pickletools, warnings
+import importlib, importlib.util, inspect, json, math, pickle, pickletools, warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -25,7 +25,7 @@ __all__ = ['SCALES', 'DIV2K_RGB_MEAN', 'ARCHS', 'WRAPPER_KEYS', 'STRIP_PREFIXES'
            'pixel_shuffle_upsampler', 'EDSR', 'SRVGGNetCompact', 'DCCM', 'PLKConv2d', 'EA', 'ChannelLayerNorm',
            'PLKBlock', 'RealPLKSR', 'CCALayer', 'IMDModule', 'IMDN', 'create_model', 'param_count', 'model_splitter',
            'UnsafeWeightsError', 'read_state_dict', 'unwrap_state_dict', 'load_weights', 'save_weights',
-           'load_spandrel']
+           'load_spandrel', 'load_trained']
 
 # %% ../nbs/07_models.ipynb #2fdd348d
 SCALES = (1, 2, 3, 4)
@@ -460,3 +460,32 @@ def load_spandrel(
     try: spandrel = importlib.import_module('spandrel')
     except ImportError: raise ImportError("load_spandrel needs the optional package spandrel, which is not installed: pip install spandrel") from None
     return spandrel.ModelLoader().load_from_file(str(path))
+
+# %% ../nbs/07_models.ipynb #3f130e45
+def load_trained(
+    path,                     # Weights file (.safetensors, .pth, ...) or a `restorekit-train` run folder
+    arch:str|None=None,       # Architecture (overrides the run's config)
+    scale:int|None=None,      # Scale (overrides the run's config)
+    model_kw:dict|None=None,  # Architecture options (overrides the run's config)
+    device='cpu',             # Where to put the model
+) -> nn.Module:               # The model, loaded strictly, in eval mode
+    "Build and load a trained model from a weights file or a run folder, in eval mode."
+    p = Path(path).expanduser()
+    if not p.exists(): raise FileNotFoundError(f"model {str(p)!r} does not exist: give a weights file or a run folder")
+    weights = p/'best.safetensors' if p.is_dir() else p
+    if not weights.is_file(): raise FileNotFoundError(f"{str(p)!r} is a folder without best.safetensors: give a weights file or a finished run folder")
+    cfg = {}
+    if (weights.parent/'config.yaml').is_file():
+        import yaml
+        cfg = yaml.safe_load((weights.parent/'config.yaml').read_text()) or {}
+    elif weights.suffix.lower() == '.safetensors':
+        with safetensors.safe_open(str(weights), 'pt') as f: meta = f.metadata() or {}
+        cfg = {k: json.loads(meta[k]) if k == 'model_kw' else meta[k] for k in ('arch', 'scale', 'model_kw') if k in meta}
+    arch, scale = arch or cfg.get('arch'), scale or cfg.get('scale')
+    kw = {**(cfg.get('model_kw') or {}), **(model_kw or {})}
+    if arch is None or scale is None:
+        if importlib.util.find_spec('spandrel') is not None: return load_spandrel(weights).model.eval().to(device)
+        raise ValueError(f"cannot tell the architecture and scale of {str(weights)!r}: pass arch= and scale= (--arch, --scale), "
+                         "give the run folder, or install spandrel for community checkpoints")
+    model = create_model(arch, int(scale), **kw)
+    return load_weights(model, weights).eval().to(device)

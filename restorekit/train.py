@@ -23,7 +23,7 @@ from .models import ARCHS, create_model, load_weights
 from .losses import RestorationLoss
 from .degrade import PRESETS as DEGRADE_PRESETS
 from .learner import restoration_dls, restoration_learner, default_metrics
-from .callbacks import ValidateEvery, NaNGuard, JSONLLogger, plot_loss_curve, fit_resumable, _valid_values
+from .callbacks import ValidateEvery, NaNGuard, JSONLLogger, FreezeFor, plot_loss_curve, fit_resumable, _valid_values
 
 # %% auto #0
 __all__ = ['DEMO_VALID', 'LOSS_TERMS', 'TRAIN_PRESETS', 'TrainConfig', 'check_config', 'load_config', 'train', 'train_cli']
@@ -56,7 +56,10 @@ class TrainConfig:
     silver_patch:int|None=None      # Patch side of a Silver store built from the bundled photos (None: `2*patch`)
     seed:int=0                      # Seed of the weights, the patch stream and the degradations
     device:str|None=None            # 'cpu', 'cuda', ...; None: the best available
-    pretrained:str|None=None        # Weights to start from (fine-tuning), loaded strictly
+    pretrained:str|None=None        # Weights to start from (fine-tuning), loaded strictly: a weights file or a run folder (its best.safetensors)
+    freeze_iters:int=0              # Fine-tuning: train only the head (upsampler) for this many iterations first (`FreezeFor`)
+    lr_mult:float=1.0               # Discriminative learning rates: the body trains at lr / lr_mult (fastai's `fine_tune` uses 100)
+    mixed_precision:str|None=None   # 'bf16' or 'fp16' on CUDA (fastai's `to_bf16`/`to_fp16`); None: float32
     run_dir:str|None=None           # Output folder; None: `runs/{preset}-{date-time}`
     preset:str|None=None            # The preset this config started from (informational)
 
@@ -70,7 +73,8 @@ TRAIN_PRESETS = {
     'sr_x2_bicubic': dict(arch='edsr_baseline', scale=2, patch=96, bs=16, degrade='bicubic', n_iter=100_000, lr=2e-4,
                           warmup=0.01, loss=dict(l1=1.0), validate_every=5000, checkpoint_every=2000),
     'jpeg_heavy_finetune': dict(arch='edsr_baseline', scale=1, patch=128, bs=16, degrade='jpeg_heavy', n_iter=20_000, lr=5e-5,
-                                warmup=0.02, loss=dict(l1=1.0, ms_ssim=0.2), validate_every=2000, checkpoint_every=1000),
+                                warmup=0.02, loss=dict(l1=1.0, ms_ssim=0.2), validate_every=2000, checkpoint_every=1000,
+                                freeze_iters=1000, lr_mult=10),
 }
 _NEEDS_PRETRAINED = {'jpeg_heavy_finetune'}
 
@@ -96,6 +100,15 @@ def _unknown(key:str, valid, where:str='config') -> ValueError:
     return ValueError(f"unknown {where} key {key!r}{hint} Valid keys: {', '.join(valid)}")
 
 # %% ../nbs/09b_train.ipynb #7f4c8f47
+def _pretrained_file(p) -> Path:
+    "The weights file named by `pretrained`: the file itself, or a run folder's best weights."
+    p = Path(p)
+    if p.is_dir():
+        if (p/'best.safetensors').is_file(): return p/'best.safetensors'
+        raise FileNotFoundError(f"pretrained {str(p)!r} is a folder without best.safetensors; give a weights file or a finished run folder")
+    if not p.is_file(): raise FileNotFoundError(f"pretrained weights {str(p)!r} do not exist")
+    return p
+
 def check_config(
     cfg:TrainConfig,          # The config to check
     check_paths:bool=True,    # Also check that the files and folders it names exist
@@ -114,6 +127,9 @@ def check_config(
     for k in ('patch', 'bs', 'n_iter', 'validate_every', 'checkpoint_every'):
         if getattr(cfg, k) < 1: raise ValueError(f"{k} must be >= 1, got {getattr(cfg, k)}")
     if cfg.lr <= 0: raise ValueError(f"lr must be > 0, got {cfg.lr}")
+    if cfg.lr_mult < 1: raise ValueError(f"lr_mult must be >= 1 (the body trains at lr / lr_mult), got {cfg.lr_mult}")
+    if not 0 <= cfg.freeze_iters <= cfg.n_iter: raise ValueError(f"freeze_iters must be in [0, n_iter={cfg.n_iter}], got {cfg.freeze_iters}")
+    if cfg.mixed_precision not in (None, 'bf16', 'fp16'): raise ValueError(f"mixed_precision must be 'bf16', 'fp16' or empty, got {cfg.mixed_precision!r}")
     if not 0 <= cfg.warmup < 1: raise ValueError(f"warmup is a fraction of the run in [0, 1), got {cfg.warmup}")
     if cfg.ema is not None and not 0 <= cfg.ema < 1: raise ValueError(f"ema must be in [0, 1) or None, got {cfg.ema}")
     if cfg.degrade not in DEGRADE_PRESETS: raise _unknown(cfg.degrade, DEGRADE_PRESETS, 'degradation preset')
@@ -128,8 +144,7 @@ def check_config(
             raise FileNotFoundError(f"Silver store {cfg.silver!r} does not exist; build one with restorekit-silver or leave silver empty")
         for v in ([] if cfg.valid is None else [cfg.valid] if isinstance(cfg.valid, str) else cfg.valid):
             if not Path(v).exists(): raise FileNotFoundError(f"validation path {v!r} does not exist")
-        if cfg.pretrained is not None and not Path(cfg.pretrained).is_file():
-            raise FileNotFoundError(f"pretrained weights {cfg.pretrained!r} do not exist")
+        if cfg.pretrained is not None: _pretrained_file(cfg.pretrained)
     return cfg
 
 # %% ../nbs/09b_train.ipynb #47e87c04
@@ -179,6 +194,12 @@ def load_config(
     return check_config(TrainConfig(**d), check_paths)
 
 # %% ../nbs/09b_train.ipynb #152717dc
+def _absolute_paths(cfg:TrainConfig) -> TrainConfig:
+    "`cfg` with its input paths (silver, valid, pretrained) made absolute."
+    ab = lambda p: None if p is None else str(Path(p).absolute())
+    valid = [ab(v) for v in cfg.valid] if isinstance(cfg.valid, list) else ab(cfg.valid)
+    return dataclasses.replace(cfg, silver=ab(cfg.silver), valid=valid, pretrained=ab(cfg.pretrained))
+
 def _silver_and_valid(cfg:TrainConfig, run:Path, verbose:bool):
     "The Silver store (built from the bundled photos when `cfg.silver` is None) and the validation images."
     photos = sample_images()
@@ -233,7 +254,7 @@ def train(
         run = Path(run_dir or cfg.run_dir or f"runs/{cfg.preset or 'train'}-{time.strftime('%Y%m%d-%H%M%S')}")
         if (run/'checkpoint'/'last.json').exists(): raise FileExistsError(
             f"{str(run)!r} already holds a training run: pass resume=True (--resume) to continue it, or another run_dir")
-    cfg = dataclasses.replace(cfg, run_dir=str(run))
+    cfg = _absolute_paths(dataclasses.replace(cfg, run_dir=str(run)))   # the saved config resumes from any folder
     run.mkdir(parents=True, exist_ok=True)
     (run/'config.yaml').write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
     seed_everything(cfg.seed)
@@ -242,11 +263,13 @@ def train(
                           epoch_len=min(cfg.validate_every, cfg.n_iter), seed=cfg.seed, device=cfg.device,
                           valid_crop=cfg.valid_crop, cache_dir=run/'valid_cache')
     loss = RestorationLoss(**{k: float(cfg.loss.get(k, 0)) for k in LOSS_TERMS})
-    ve = ValidateEvery(cfg.validate_every, 'psnr', path=run)
+    ve = ValidateEvery(cfg.validate_every, 'psnr', path=run, meta={'arch': cfg.arch, 'scale': cfg.scale, 'model_kw': json.dumps(cfg.model_kw)})
     learn = restoration_learner(dls, cfg.arch, loss=loss, metrics=default_metrics(cfg.scale, lpips=False), n_iter=cfg.n_iter,
                                 lr=cfg.lr, warmup=cfg.warmup, grad_clip=cfg.grad_clip, ema=cfg.ema, seed=cfg.seed,
-                                model_kw=cfg.model_kw, cbs=[ve, NaNGuard(), JSONLLogger(path=run)], path=run)
-    if cfg.pretrained and not resume: load_weights(learn.model, cfg.pretrained)
+                                model_kw=cfg.model_kw, mixed_precision=cfg.mixed_precision, path=run,
+                                cbs=[ve, NaNGuard(), JSONLLogger(path=run)] + ([FreezeFor(cfg.freeze_iters)] if cfg.freeze_iters else []))
+    if cfg.lr_mult != 1: learn.lr = slice(cfg.lr / cfg.lr_mult, cfg.lr)   # [body, head] (`model_splitter`)
+    if cfg.pretrained and not resume: load_weights(learn.model, _pretrained_file(cfg.pretrained))
     if not verbose: learn.remove_cbs([cb for cb in learn.cbs if type(cb).__name__ == 'ProgressCallback']); learn.logger = lambda *a, **k: None
     if fit_resumable(learn, cfg.n_iter, run/'checkpoint', every=cfg.checkpoint_every):
         it, vals = learn.train_iter, _valid_values(learn)

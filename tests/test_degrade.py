@@ -867,3 +867,14 @@ def test_gold_validation_cache_distinguishes_images(tmp_path):
     gold_validation_set(a, 'light', seed=0, cache_dir=tmp_path)
     vb = gold_validation_set(b, 'light', seed=0, cache_dir=tmp_path)
     assert torch.equal(vb[0][1], b[0]) and torch.equal(vb[1][1], b[1])   # light: the target is the image itself
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='no CUDA device')
+def test_jpeg_on_cuda_matches_cpu():
+    "CUDA batches go through the same host codec (bit-identical to the CPU); nvJPEG (`gpu_codec=True`) is close."
+    from restorekit.degrade import jpeg
+    x, q = smooth(4, 48, 56), torch.tensor([10., 30., 60., 95.])
+    ref = jpeg(x, q)
+    assert torch.equal(jpeg(x.cuda(), q).cpu(), ref)
+    nv = jpeg(x.cuda(), q, gpu_codec=True).cpu()
+    assert nv.shape == ref.shape and (nv - ref).abs().mean() < 2 / 255

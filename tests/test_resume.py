@@ -192,3 +192,21 @@ def test_sigkill_then_resume(store_path, run_a, tmp_path):
     learn = make_learner(store_path)
     assert quiet(learn, fit_resumable, learn, 30, ck, every=6) == 30 - done
     assert_same_weights(run_a.model, learn.model)
+
+
+@pytest.mark.parametrize('crash_at', [7, 14])   # inside the frozen phase, and after it
+def test_resume_with_frozen_body(store_path, tmp_path, crash_at):
+    "`FreezeFor` follows the iteration counter: a run resumed inside or after the frozen phase equals the uninterrupted one."
+    from restorekit.callbacks import FreezeFor
+    a = make_learner(store_path, [FreezeFor(10)])
+    a.lr = slice(1e-4, 1e-3)
+    quiet(a, a.fit_iters, 20)
+    b = make_learner(store_path, [FreezeFor(10), Crash(crash_at)])
+    b.lr = slice(1e-4, 1e-3)
+    with pytest.raises(KeyboardInterrupt): quiet(b, b.fit_iters, 20, cbs=[CheckpointEvery(n_iter=3, path=tmp_path)])
+    c = make_learner(store_path, [FreezeFor(10)])
+    c.lr = slice(1e-4, 1e-3)
+    assert quiet(c, resume, c, tmp_path) == 20 - 3 * (crash_at // 3)
+    assert_same_weights(a.model, c.model)
+    assert_same_weights(a.ema.shadow, c.ema.shadow)
+    assert all(p.requires_grad for p in c.model.parameters())

@@ -140,3 +140,46 @@ def test_cli_errors(tmp_path):
     assert r.returncode == 1 and "did you mean 'n_iter'" in r.stderr
     r = _cli('--resume', cwd=tmp_path)
     assert r.returncode == 1 and '--run-dir' in r.stderr
+
+
+def _train_losses(run):
+    return [json.loads(line)['loss'] for line in (run / 'log.jsonl').read_text().splitlines() if '"train"' in line]
+
+
+def test_cli_finetune_from_saved_run(tmp_path):
+    "jpeg_heavy_finetune from a saved scale-1 run: the weights load strictly, the body is frozen first, training starts where the first run ended."
+    small = ['patch=48', 'bs=4', 'model_kw.n_feats=8', 'model_kw.n_blocks=1', 'valid_crop=64', 'silver_patch=64']
+    (tmp_path / 'pre.yaml').write_text(yaml.safe_dump({'arch': 'edsr_baseline', 'scale': 1, 'degrade': 'jpeg_heavy', 'lr': 1e-3,
+                                                       'device': 'cpu', 'loss': {'l1': 1.0}}))
+    r = _cli('--config', 'pre.yaml', '--run-dir', 'pre', '--set', 'n_iter=24', 'validate_every=12', 'checkpoint_every=12',
+             *small, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    # fine-tune, pointing at the run folder (its best.safetensors)
+    r = _cli('--preset', 'jpeg_heavy_finetune', '--run-dir', 'ft', '--set', 'pretrained=pre', 'silver=pre/silver', 'n_iter=8',
+             'freeze_iters=4', 'validate_every=4', 'checkpoint_every=4', 'device=cpu', *small, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    cfg = load_config(tmp_path / 'ft' / 'config.yaml')
+    assert (cfg.preset, cfg.scale, cfg.freeze_iters, cfg.lr_mult) == ('jpeg_heavy_finetune', 1, 4, 10)
+    assert cfg.pretrained == str(tmp_path / 'pre')                   # saved absolute: the run resumes from any folder
+    pre, ft = _train_losses(tmp_path / 'pre'), _train_losses(tmp_path / 'ft')
+    assert len(ft) == 8
+    # the fine-tuned run starts from the pretrained weights: its first losses are the first run's late ones, not its early ones
+    assert sum(ft[:4]) / 4 < 0.8 * sum(pre[:4]) / 4, (pre[:4], ft[:4])
+    # a model of another scale is refused with the layers named
+    r = _cli('--preset', 'sr_x2_bicubic', '--run-dir', 'bad', '--set', 'pretrained=pre/best.safetensors', 'silver=pre/silver',
+             'n_iter=4', *small, cwd=tmp_path)
+    assert r.returncode != 0 and 'tail' in r.stderr, r.stderr[-2000:]
+
+
+def test_finetune_keeps_body_frozen_then_trains_it(tmp_path):
+    "Through `train`: after `freeze_iters` iterations only the head moved; at the end the body moved too, at lr/lr_mult."
+    from restorekit.models import model_splitter
+    pre = train(tiny_config('n_iter=6'), run_dir=tmp_path / 'pre', verbose=False)
+    ft = train(tiny_config('n_iter=6', f'pretrained={pre}', 'freeze_iters=6', 'ema=null', 'lr_mult=10'), run_dir=tmp_path / 'frozen',
+               verbose=False)
+    m0, m1 = (create_model('edsr_baseline', 2, n_feats=16, n_blocks=1) for _ in range(2))
+    load_weights(m0, pre / 'best.safetensors')
+    m1.load_state_dict(read_checkpoint(ft / 'checkpoint')['model'])
+    (b0, h0), (b1, h1) = model_splitter(m0), model_splitter(m1)
+    assert all(torch.equal(x, y) for x, y in zip(b0, b1))
+    assert not all(torch.equal(x, y) for x, y in zip(h0, h1))
