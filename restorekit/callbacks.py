@@ -170,28 +170,27 @@ class JSONLLogger(Callback):
     def __init__(self,
         fname:str='log.jsonl',   # File name, relative to `path`
         path=None,               # Folder (default `learn.path`)
-        append:bool=True,        # Keep the lines already in the file, up to the iteration this `fit` starts from
+        append:bool=True,        # Keep the lines already in the file (when resuming: those up to the checkpoint)
     ): self.fname, self.path, self.append, self._f = fname, path, append, None
     @property
     def fpath(self) -> Path:
         "Where the log goes."
         return (Path(self.path) if self.path is not None else Path(self.learn.path))/self.fname
     def _trim(self, it:int):
-        "Drop the lines of iterations >= `it` (written by a run killed after its last checkpoint) and a partial last line."
-        self._f.close()
+        "Keep the lines of iterations <= `it` (a resumed run's checkpoint), dropping later ones and a line cut short by a kill."
         keep = []
         for line in self.fpath.read_text().splitlines():
             try: r = json.loads(line)
             except ValueError: continue
-            if isinstance(r, dict) and r.get('iter', 0) < it: keep.append(line + '\n')
+            if isinstance(r, dict) and r.get('iter', 0) <= it: keep.append(line + '\n')
         atomic_write_bytes(self.fpath, ''.join(keep).encode())
-        self._f = open(self.fpath, 'a')
     def _write(self, rec:dict):
-        if not self._trimmed: self._trim(rec['iter']); self._trimmed = True
         self._f.write(json.dumps(rec) + '\n'); self._f.flush()
     def before_fit(self):
         self.fpath.parent.mkdir(parents=True, exist_ok=True)
-        self._f, self._trimmed = open(self.fpath, 'a' if self.append else 'w'), not self.append
+        res = next((cb for cb in self.learn.cbs if type(cb).__name__ == '_Resume'), None)   # `resume` is running
+        if self.append and res is not None and self.fpath.exists(): self._trim(res.state['iter'])
+        self._f = open(self.fpath, 'a' if self.append else 'w')
     def after_batch(self):
         if not self.training or self._f is None: return
         rec = {'type': 'train', 'iter': self.learn.train_iter, 'epoch': self.learn.epoch, 'loss': _num(self.learn.loss),
@@ -411,7 +410,9 @@ def load_checkpoint(
         dev = next(learn.model.parameters()).device
         ema.shadow, ema.n_updates = {k: v.to(dev) for k, v in ck['ema'].items()}, s['ema_n_updates']
     if learn.opt is None: learn.create_opt()
-    learn.opt.load_state_dict({'state': s['opt']['state'], 'hypers': L(s['opt']['hypers'])})
+    params = [p for p, *_ in learn.opt.all_params()]          # the state was saved from the CPU: put it beside each parameter
+    opt_state = [{k: v.to(p.device) if isinstance(v, torch.Tensor) else v for k, v in st.items()} for p, st in zip(params, s['opt']['state'])]
+    learn.opt.load_state_dict({'state': opt_state, 'hypers': L(s['opt']['hypers'])})
     sampler = getattr(learn.dls.train, 'sampler', None)
     if s['sampler'] is not None and sampler is not None:
         st = dict(s['sampler'])

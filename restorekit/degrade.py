@@ -137,7 +137,9 @@ def filter2d(
         elif kind == 'sep':                                             # k = col ⊗ row
             col, row = (u[idx, sl, 0] * sv[idx, :1].sqrt()), (vh[idx, 0, sl] * sv[idx, :1].sqrt())
             y = _depthwise(xi, [row.view(-1, 1, s).to(x.device, x.dtype), col.view(-1, s, 1).to(x.device, x.dtype)], r)
-        elif H * W >= 96 * 96 and (s >= _FFT_MIN or (len(idx) <= 2 and s >= 11)):  # wide kernels, lone samples: FFT wins
+        # wide kernels, lone samples: FFT wins on the CPU; on CUDA only for groups of a shared size, since every new
+        # image size costs a cuFFT plan (the second stage's per-sample sizes would each build one)
+        elif H * W >= 96 * 96 and (s >= _FFT_MIN or (len(idx) <= 2 and s >= 11)) and (x.device.type == 'cpu' or len(idx) > 2):
             y = _fft_filter(xi, kc[idx, sl, sl].to(x.device, x.dtype)).to(x.dtype)
         else: y = _depthwise(xi, [kc[idx, sl, sl].to(x.device, x.dtype)], r)
         if len(idx) == B: return y
@@ -347,10 +349,9 @@ def add_poisson_noise(
 def jpeg(
     x:torch.Tensor,          # `(B,3,H,W)` in [0,1]
     quality:torch.Tensor,    # `(B,)` JPEG qualities 1-100 (rounded)
-    gpu_codec:bool=False,    # On CUDA, use nvJPEG image by image instead of libjpeg-turbo on the host
 ) -> torch.Tensor:
     "Compress and decompress each sample with libjpeg at its own quality."
-    return torch.cat(jpeg_list(list(x.split(1)), quality, gpu_codec))
+    return torch.cat(jpeg_list(list(x.split(1)), quality))
 
 def _to_cpu_once(ts:list) -> list:
     "`ts` on the CPU with a single device-to-host copy."
@@ -361,15 +362,11 @@ def _to_cpu_once(ts:list) -> list:
 def jpeg_list(
     xs:list,                 # `(1,3,h,w)` tensors in [0,1], sizes may differ
     quality:torch.Tensor,    # `(len(xs),)` JPEG qualities 1-100 (rounded)
-    gpu_codec:bool=False,    # On CUDA, use nvJPEG image by image instead of libjpeg-turbo on the host
 ) -> list:
     "`jpeg` for a list of differently sized images; the codec calls run in a thread pool."
     q = quality.round().clamp(1, 100).int().tolist()
     dev, dt = xs[0].device, xs[0].dtype
     u8 = [x[0].detach().mul(255).round_().clamp_(0, 255).to(torch.uint8) for x in xs]
-    if dev.type == 'cuda' and gpu_codec:   # nvJPEG; the encoded bytes pass through the host, where the decoder reads them
-        outs = [decode_jpeg(encode_jpeg(u, quality=qi).cpu(), device=dev) for u, qi in zip(u8, q)]
-        return [o.to(dt).unsqueeze(0) / 255 for o in outs]
     outs = list(_jpeg_pool().map(_jpeg_cpu, _to_cpu_once(u8), q))   # OpenCV releases the GIL
     if dev.type != 'cpu':                                            # one host-to-device copy back
         flat = torch.cat([o.reshape(-1) for o in outs]).to(dev, non_blocking=True)

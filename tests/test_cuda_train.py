@@ -47,8 +47,11 @@ def test_mixed_precision_training(store, mp):
     class Probe(Callback):
         order = 99
         def after_pred(self):
-            if self.training: seen.dtypes.add(self.learn.pred.dtype); seen.devices.add(self.learn.xb[0].device.type)
+            if self.training: seen.devices.add(self.learn.xb[0].device.type)
     learn = make(store, mixed_precision=mp, cbs=[Probe()])
+    # the dtype the body computes in (fastai's MixedPrecision casts `pred` back to float32 after the forward)
+    body_conv = next(m for m in learn.model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
+    body_conv.register_forward_hook(lambda m, i, o: seen.dtypes.add(o.dtype) if m.training else None)
     p0 = [p.detach().clone() for p in learn.model.parameters()]
     with learn.no_bar(), learn.no_logging(): learn.fit_iters(20)
     assert seen.devices == {'cuda'}

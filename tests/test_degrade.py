@@ -871,10 +871,9 @@ def test_gold_validation_cache_distinguishes_images(tmp_path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='no CUDA device')
 def test_jpeg_on_cuda_matches_cpu():
-    "CUDA batches go through the same host codec (bit-identical to the CPU); nvJPEG (`gpu_codec=True`) is close."
+    "CUDA batches go through the same host codec: bit-identical to the CPU."
     from restorekit.degrade import jpeg
     x, q = smooth(4, 48, 56), torch.tensor([10., 30., 60., 95.])
     ref = jpeg(x, q)
-    assert torch.equal(jpeg(x.cuda(), q).cpu(), ref)
-    nv = jpeg(x.cuda(), q, gpu_codec=True).cpu()
-    assert nv.shape == ref.shape and (nv - ref).abs().mean() < 2 / 255
+    host = jpeg(x.cuda(), q).cpu()
+    assert (host - ref).abs().max() <= 1e-6, f'host codec from CUDA differs from the CPU by {(host - ref).abs().max():.3g}'
