@@ -248,6 +248,9 @@ def train(
         if not str(run) or not (run/'config.yaml').is_file(): raise FileNotFoundError(
             f"cannot resume: {str(run) or '(no run_dir given)'!r} is not a run folder (no config.yaml); pass the run_dir of the run to resume")
         cfg = load_config(run/'config.yaml') if config is None else (config if isinstance(config, TrainConfig) else load_config(config))
+        if not (run/'checkpoint'/'last.json').exists():   # killed before its first checkpoint: the run starts over
+            (run/'log.jsonl').unlink(missing_ok=True)
+            if verbose: print(f"{str(run)!r} has no checkpoint yet: starting the run from the beginning")
     else:
         cfg = config if isinstance(config, TrainConfig) else load_config(config)
         check_config(cfg)

@@ -6,7 +6,8 @@ sizes and SHA-256 of every file) and lie no later than the kill; after the last 
 with final weights, EMA weights and best weights bit-identical (`torch.equal`) to the uninterrupted run's, and a log
 that holds every iteration exactly once. The kill points are drawn at random (the seed is printed on failure:
 `RESTOREKIT_FAULT_SEED` replays it): a few iterations past the point the previous process resumed from, so a kill can
-land anywhere in an iteration, including in the middle of writing a checkpoint.
+land anywhere in an iteration, including in the middle of writing a checkpoint, or before the first checkpoint (then
+`--resume` starts the run over).
 """
 from __future__ import annotations
 
@@ -92,6 +93,10 @@ def test_kill9_three_times_then_resume(tmp_path):
     for k in range(3):
         target = min(resumed_from + rng.randint(2, 12), N_ITER - 3)
         seen = _kill_at(run, resume=k > 0, target=target)
+        if not (run / 'checkpoint' / 'last.json').exists():          # killed before the first checkpoint was complete:
+            assert resumed_from == 0 and seen <= EVERY, (seed, kills, seen)   # the next --resume starts over
+            kills.append((target, seen, None))
+            continue
         man = read_checkpoint(run / 'checkpoint')['manifest']      # complete and uncorrupted, or this raises
         assert man['total'] == N_ITER and man['iter'] % EVERY == 0
         assert resumed_from <= man['iter'] <= seen, (seed, resumed_from, man['iter'], seen)
