@@ -73,19 +73,15 @@ def upscale_batch(
     return rep
 
 # %% ../nbs/10b_upscale.ipynb #e6c5793d
-def _tile(s:str):
-    if s == 'auto': return 'auto'
-    try: v = int(s)
-    except ValueError: raise argparse.ArgumentTypeError(f"--tile must be 'auto' or a number of pixels, got {s!r}") from None
-    if v < 8: raise argparse.ArgumentTypeError(f"--tile must be at least 8 pixels, got {v}")
-    return v
-
-def _overlap(s:str):
-    if s == 'auto': return 'auto'
-    try: v = int(s)
-    except ValueError: raise argparse.ArgumentTypeError(f"--overlap must be 'auto' or a number of pixels, got {s!r}") from None
-    if v < 0: raise argparse.ArgumentTypeError(f"--overlap must be >= 0, got {v}")
-    return v
+def _auto_or_pixels(name:str, lo:int):
+    "An argparse type for `--name`: 'auto' or a whole number of pixels >= `lo`."
+    def parse(s:str):
+        if s == 'auto': return 'auto'
+        try: v = int(s)
+        except ValueError: raise argparse.ArgumentTypeError(f"--{name} must be 'auto' or a number of pixels, got {s!r}") from None
+        if v < lo: raise argparse.ArgumentTypeError(f"--{name} must be at least {lo} pixels, got {v}")
+        return v
+    return parse
 
 def seamless_overlap(
     model:torch.nn.Module,  # The network
@@ -110,8 +106,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--arch', help='architecture, when the weights carry none (e.g. edsr_baseline)')
     p.add_argument('--scale', type=int, help='scale, when the weights carry none')
     p.add_argument('--model-kw', help="architecture options as YAML, e.g. '{n_feats: 16, n_blocks: 4}'")
-    p.add_argument('--tile', type=_tile, default='auto', help="tile side in input pixels, or 'auto' (default)")
-    p.add_argument('--overlap', type=_overlap, default='auto', help="tile overlap in input pixels; 'auto' (default): twice the model's receptive field, which makes the tiled result equal the untiled one")
+    p.add_argument('--tile', type=_auto_or_pixels('tile', 8), default='auto', help="tile side in input pixels, or 'auto' (default)")
+    p.add_argument('--overlap', type=_auto_or_pixels('overlap', 0), default='auto', help="tile overlap in input pixels; 'auto' (default): twice the model's receptive field, which makes the tiled result equal the untiled one")
     p.add_argument('--blend', choices=('hann', 'linear', 'none'), default='hann', help='how overlapping tiles are blended')
     p.add_argument('--batch-tiles', type=int, default=4, help='tiles per forward pass (default 4)')
     p.add_argument('--device', help="'cpu', 'cuda', 'cuda:1', 'mps'; default: the best available")

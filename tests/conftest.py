@@ -175,3 +175,13 @@ def offline_empty_cache(tmp_path, monkeypatch):
     def no_network(*a, **k): raise urllib.error.URLError('[Errno -2] Name or service not known')
     monkeypatch.setattr(torch.hub, 'urlopen', no_network)
     return tmp_path
+
+
+@pytest.fixture(scope='module')
+def one_thread():
+    "One torch thread for a test module (its models are tiny: thread start-up costs more than it gains), restored after."
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -18,12 +18,7 @@ EDSR_TINY = dict(n_feats=8, n_blocks=2)
 SIZES = [(37, 53), (64, 64), (96, 80), (17, 120)]   # (h, w): odd, square, non-square, very flat
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')   # conftest.py
 
 
 def ort_vs_torch(path, model, sizes) -> dict:

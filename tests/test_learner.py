@@ -41,13 +41,7 @@ with warnings.catch_warnings():
     from fastai.callback.training import GradientClip
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    "The models are tiny: one thread is several times faster than two on a small CPU."
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')   # conftest.py
 
 
 @pytest.fixture(scope='module')

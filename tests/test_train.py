@@ -18,12 +18,7 @@ TINY = ['n_iter=20', 'validate_every=10', 'checkpoint_every=10', 'patch=32', 'bs
 RUN_FILES = ['best.safetensors', 'comparison.png', 'config.yaml', 'log.jsonl', 'loss_curve.png', 'summary.json']
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')   # conftest.py
 
 
 def tiny_config(*extra) -> TrainConfig:
