@@ -14,12 +14,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 import yaml
-import safetensors
 from fastcore.script import call_parse
 
 from . import __version__
 from .core import atomic_write_bytes
-from .models import create_model, load_trained, save_weights
+from .models import create_model, load_trained, save_weights, trained_config
 
 # %% auto #0
 __all__ = ['CHECK_SIZES', 'ONNXExportError', 'onnx_max_abs_diff', 'export_onnx', 'export_cli']
@@ -137,16 +136,8 @@ def export_onnx(
 # %% ../nbs/11_export.ipynb #c0e8ae76
 def _trained_info(path, arch=None, scale=None, model_kw=None) -> dict:
     "arch, scale and model_kw of a weights file or run folder as `load_trained` reads them (explicit values win), for metadata."
-    p = Path(path).expanduser()
-    w, cfg = (p/'best.safetensors' if p.is_dir() else p), {}
-    try:
-        if (w.parent/'config.yaml').is_file(): cfg = yaml.safe_load((w.parent/'config.yaml').read_text()) or {}
-        elif w.suffix.lower() == '.safetensors':
-            with safetensors.safe_open(str(w), 'pt') as f: cfg = dict(f.metadata() or {})
-            if 'model_kw' in cfg: cfg['model_kw'] = json.loads(cfg['model_kw'])
-    except Exception: cfg = {}
-    kw = {**(cfg.get('model_kw') or {}), **(model_kw or {})}
-    return dict(arch=arch or cfg.get('arch'), scale=scale or cfg.get('scale'), model_kw=kw or None, source=w.name)
+    c = trained_config(path, arch, scale, model_kw)
+    return dict(arch=c['arch'], scale=c['scale'], model_kw=c['model_kw'] or None, source=c['weights'].name)
 
 def _parse_kw(s) -> dict|None:
     if s is None: return None

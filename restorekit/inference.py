@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .core import load_image, save_image
+from .core import load_image, save_image, _EXT_16
 from .imresize import imresize
 
 # %% auto #0
@@ -321,8 +321,6 @@ def restore_image(
     return torch.cat([rgb, alpha.to(rgb.dtype)], -3)
 
 # %% ../nbs/10_inference.ipynb #538141df
-_EXT_16 = ('.png', '.tif', '.tiff')
-
 def upscale_file(
     model:nn.Module,        # An RGB network
     src,                    # Input image file (8/16-bit; gray, RGB or with alpha)

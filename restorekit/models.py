@@ -25,7 +25,7 @@ __all__ = ['SCALES', 'DIV2K_RGB_MEAN', 'ARCHS', 'WRAPPER_KEYS', 'STRIP_PREFIXES'
            'pixel_shuffle_upsampler', 'EDSR', 'SRVGGNetCompact', 'DCCM', 'PLKConv2d', 'EA', 'ChannelLayerNorm',
            'PLKBlock', 'RealPLKSR', 'CCALayer', 'IMDModule', 'IMDN', 'create_model', 'param_count', 'model_splitter',
            'UnsafeWeightsError', 'read_state_dict', 'unwrap_state_dict', 'load_weights', 'save_weights',
-           'load_spandrel', 'load_trained']
+           'load_spandrel', 'trained_config', 'load_trained']
 
 # %% ../nbs/07_models.ipynb #2fdd348d
 SCALES = (1, 2, 3, 4)
@@ -462,14 +462,13 @@ def load_spandrel(
     return spandrel.ModelLoader().load_from_file(str(path))
 
 # %% ../nbs/07_models.ipynb #3f130e45
-def load_trained(
+def trained_config(
     path,                     # Weights file (.safetensors, .pth, ...) or a `restorekit-train` run folder
     arch:str|None=None,       # Architecture (overrides the run's config)
     scale:int|None=None,      # Scale (overrides the run's config)
     model_kw:dict|None=None,  # Architecture options (overrides the run's config)
-    device='cpu',             # Where to put the model
-) -> nn.Module:               # The model, loaded strictly, in eval mode
-    "Build and load a trained model from a weights file or a run folder, in eval mode."
+) -> dict:                    # `weights` (the file), `arch`, `scale` (None when unknown) and `model_kw`
+    "The weights file of `path` and the architecture it holds, from the arguments, the run's config.yaml or the safetensors header."
     p = Path(path).expanduser()
     if not p.exists(): raise FileNotFoundError(f"model {str(p)!r} does not exist: give a weights file or a run folder")
     weights = p/'best.safetensors' if p.is_dir() else p
@@ -481,8 +480,20 @@ def load_trained(
     elif weights.suffix.lower() == '.safetensors':
         with safetensors.safe_open(str(weights), 'pt') as f: meta = f.metadata() or {}
         cfg = {k: json.loads(meta[k]) if k == 'model_kw' else meta[k] for k in ('arch', 'scale', 'model_kw') if k in meta}
-    arch, scale = arch or cfg.get('arch'), scale or cfg.get('scale')
-    kw = {**(cfg.get('model_kw') or {}), **(model_kw or {})}
+    s = scale or cfg.get('scale')
+    return dict(weights=weights, arch=arch or cfg.get('arch'), scale=None if s is None else int(s),
+                model_kw={**(cfg.get('model_kw') or {}), **(model_kw or {})})
+
+def load_trained(
+    path,                     # Weights file (.safetensors, .pth, ...) or a `restorekit-train` run folder
+    arch:str|None=None,       # Architecture (overrides the run's config)
+    scale:int|None=None,      # Scale (overrides the run's config)
+    model_kw:dict|None=None,  # Architecture options (overrides the run's config)
+    device='cpu',             # Where to put the model
+) -> nn.Module:               # The model, loaded strictly, in eval mode
+    "Build and load a trained model from a weights file or a run folder, in eval mode."
+    c = trained_config(path, arch, scale, model_kw)
+    weights, arch, scale, kw = c['weights'], c['arch'], c['scale'], c['model_kw']
     if arch is None or scale is None:
         if importlib.util.find_spec('spandrel') is not None: return load_spandrel(weights).model.eval().to(device)
         raise ValueError(f"cannot tell the architecture and scale of {str(weights)!r}: pass arch= and scale= (--arch, --scale), "
