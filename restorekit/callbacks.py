@@ -6,7 +6,7 @@ Docs: https://restorekit.github.io/restorekit/callbacks.html.md"""
 
 # %% ../nbs/09_callbacks.ipynb #89fcfd2d
 from __future__ import annotations
-import hashlib, io, json, math, operator, random, time, warnings
+import copy, hashlib, io, json, math, operator, random, time, warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,7 @@ from fastcore.foundation import L
 
 from .core import atomic_write_bytes
 from .degrade import GoldCallback
-from .learner import CosineWarmup, EMACallback, StopAfter, bare_model, iters_per_epoch
+from .learner import CosineWarmup, EMACallback, StopAfter, bare_model, iters_per_epoch, fitting, _plain
 from .models import read_state_dict, save_weights
 from .perceptual import load_strict
 
@@ -26,8 +26,9 @@ with warnings.catch_warnings():   # fastai 2.8 calls torch.jit.script at import,
     from fastai.torch_core import rank_distrib
 
 # %% auto #0
-__all__ = ['ValidateEvery', 'NonFiniteLossError', 'NaNGuard', 'JSONLLogger', 'plot_loss_curve', 'FreezeFor', 'CheckpointError',
-           'save_checkpoint', 'read_checkpoint', 'load_checkpoint', 'resume', 'CheckpointEvery', 'fit_resumable']
+__all__ = ['validation_next', 'ValidateEvery', 'NonFiniteLossError', 'NaNGuard', 'JSONLLogger', 'plot_loss_curve', 'FreezeFor',
+           'CheckpointError', 'save_checkpoint', 'read_checkpoint', 'load_checkpoint', 'resume', 'CheckpointEvery',
+           'fit_resumable']
 
 # %% ../nbs/09_callbacks.ipynb #82ee2e1e
 _HIGHER_IS_BETTER = {'psnr': True, 'ssim': True, 'loss': False, 'valid_loss': False, 'lpips': False}
@@ -44,10 +45,16 @@ def _valid_values(learn) -> dict:
     if 'valid_loss' in vals: vals['loss'] = vals['valid_loss']
     return vals
 
+def validation_next(learn) -> bool:
+    "In `after_batch`: whether fastai's epoch validation comes right after this training batch (the epoch's last, or the run's)."
+    stop = next((cb for cb in learn.cbs if isinstance(cb, StopAfter)), None)
+    return learn.iter + 1 >= learn.n_iter or (stop is not None and learn.train_iter >= stop.n_iter)
+
 # %% ../nbs/09_callbacks.ipynb #82337019
 class ValidateEvery(Callback):
     "Validate every `n_iter` training iterations (mid-epoch too), record the monitored metric and save the best weights."
     order, run_valid = 70, False   # after the recorder and the progress bar have seen the training batch
+    lr_find_skip = True            # `RestorationLearner.lr_find` runs without it: a sweep's weights are not a result
     def __init__(self,
         n_iter:int=5000,        # Validate after every `n_iter` training iterations (counted over the whole run)
         monitor:str='psnr',     # Metric to track: a metric name, or `loss`/`valid_loss`
@@ -63,7 +70,7 @@ class ValidateEvery(Callback):
             if monitor not in _HIGHER_IS_BETTER: raise ValueError(f"cannot tell whether higher or lower {monitor!r} is better: pass comp=operator.gt or operator.lt")
             comp = operator.gt if _HIGHER_IS_BETTER[monitor] else operator.lt
         self.n_iter, self.monitor, self.comp, self.fname, self.path, self.with_ema = n_iter, monitor, comp, fname, path, with_ema
-        self.history, self.saved, self.best, self.best_iter, self._busy = [], [], None, None, False
+        self.history, self.saved, self.best, self.best_iter, self._busy, self._pending = [], [], None, None, False, None
 
     @property
     def fpath(self) -> Path:
@@ -75,7 +82,8 @@ class ValidateEvery(Callback):
         if not hasattr(self, 'learn'): return None
         return next((cb for cb in self.learn.cbs if isinstance(cb, EMACallback)), None)
 
-    def before_fit(self): self.history, self.saved, self.best, self.best_iter = [], [], None, None
+    def before_fit(self):
+        if fitting(self.learn): self.history, self.saved, self.best, self.best_iter, self._pending = [], [], None, None, None
 
     def validate(self) -> dict:
         "Run the learner's validation now and put the training state back; returns the validation values by name."
@@ -86,6 +94,11 @@ class ValidateEvery(Callback):
         pbars = [(cb, cb.__dict__.get('pbar')) for cb in learn.cbs if isinstance(cb, ProgressCallback)]
         swap = ema.swap if ema is not None else None
         if ema is not None and not self.with_ema: ema.swap = False   # validate what will be saved: the raw weights
+        # fastai's recorder shares its metric objects between training and validation: validate with copies, so the
+        # epoch's training averages (train_psnr, train_<term>...) and the last epoch validation are left as they were
+        mets, avg = learn._metrics, getattr(rec, 'loss', None)
+        learn._metrics = L(copy.copy(m) for m in mets)
+        if rec is not None: rec.loss = copy.copy(avg)
         was_training = learn.model.training
         self._busy = True
         try:
@@ -93,6 +106,8 @@ class ValidateEvery(Callback):
             vals = _valid_values(learn)
         finally:
             self._busy = False
+            learn._metrics = mets
+            if rec is not None: rec.loss = avg
             if ema is not None: ema.swap = swap
             for k, v in keep.items(): setattr(learn, k, v)
             learn.model.train(was_training)
@@ -117,13 +132,31 @@ class ValidateEvery(Callback):
         self.saved.append(it)
         return True
 
+    def _epoch_validation_next(self) -> bool:
+        "Whether fastai's own validation of the same weights comes right after this batch."
+        ema = self._ema()
+        same_weights = ema is None or not ema.swap or self.with_ema   # fastai validates with the EMA when it swaps
+        return same_weights and validation_next(self.learn)
+
+    def record(self,
+        it:int,      # Iteration validated
+        vals:dict,   # The validation values by name (`_valid_values`)
+    ) -> bool:
+        "Take the monitored value of a validation at iteration `it` into `update`."
+        if self.monitor not in vals: raise KeyError(f"ValidateEvery monitors {self.monitor!r}, but validation gave {sorted(vals)}")
+        return self.update(it, vals[self.monitor])
+
     def after_batch(self):
         if self._busy or not self.training: return
         it = self.learn.train_iter
         if it % self.n_iter: return
-        vals = self.validate()
-        if self.monitor not in vals: raise KeyError(f"ValidateEvery monitors {self.monitor!r}, but validation gave {sorted(vals)}")
-        self.update(it, vals[self.monitor])
+        if self._epoch_validation_next(): self._pending = it   # use that validation instead of running the same one twice
+        else: self.record(it, self.validate())
+
+    def after_validate(self):
+        if self._busy or self._pending is None: return
+        it, self._pending = self._pending, None
+        self.record(it, _valid_values(self.learn))
 
 # %% ../nbs/09_callbacks.ipynb #0d5870e5
 class NonFiniteLossError(RuntimeError):
@@ -139,7 +172,8 @@ class NaNGuard(Callback):
     ):
         if max_consecutive < 1: raise ValueError(f"max_consecutive must be >= 1, got {max_consecutive}")
         self.max_consecutive, self.n_skipped, self.consecutive, self.skipped_iters, self._skip = max_consecutive, 0, 0, [], False
-    def before_fit(self): self.n_skipped, self.consecutive, self.skipped_iters = 0, 0, []
+    def before_fit(self):
+        if fitting(self.learn): self.n_skipped, self.consecutive, self.skipped_iters = 0, 0, []
     def after_loss(self):
         if bool(torch.isfinite(self.learn.loss_grad.detach()).all()):
             self.consecutive = 0
@@ -167,6 +201,7 @@ def _num(v):
 class JSONLLogger(Callback):
     "Append one JSON line per training iteration (iter, loss, lr, loss terms) and one per validation (its metrics)."
     order, run_valid = 65, True   # after the recorder (its validation values), before `ValidateEvery`
+    lr_find_skip = True            # `RestorationLearner.lr_find`'s sweep is not part of the run
     def __init__(self,
         fname:str='log.jsonl',   # File name, relative to `path`
         path=None,               # Folder (default `learn.path`)
@@ -187,6 +222,7 @@ class JSONLLogger(Callback):
     def _write(self, rec:dict):
         self._f.write(json.dumps(rec) + '\n'); self._f.flush()
     def before_fit(self):
+        if not fitting(self.learn): return   # `validate`/`get_preds` are not logged
         self.fpath.parent.mkdir(parents=True, exist_ok=True)
         res = next((cb for cb in self.learn.cbs if type(cb).__name__ == '_Resume'), None)   # `resume` is running
         if self.append and res is not None and self.fpath.exists(): self._trim(res.state['iter'])
@@ -242,6 +278,7 @@ class FreezeFor(Callback):
         if n_iter < 0: raise ValueError(f"n_iter must be >= 0, got {n_iter}")
         self.n_iter, self.frozen = n_iter, None
     def before_fit(self):
+        if not fitting(self.learn): return
         if self.learn.opt is None: self.learn.create_opt()
         if len(self.opt.param_lists) < 2: raise ValueError("FreezeFor needs a splitter with at least two parameter groups (body, head)")
         self.frozen = None
@@ -283,14 +320,6 @@ def _set_rng_state(d:dict):
     np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
     v, st, g = d['python']
     random.setstate((v, tuple(st), g))
-
-def _plain(o, where:str='state'):
-    "`o` with fastcore `L`s and tuples as lists, checked to hold only tensors and plain python values (for `weights_only=True`)."
-    if isinstance(o, torch.Tensor) or o is None or isinstance(o, (bool, int, float, str)): return o
-    if isinstance(o, np.generic): return o.item()
-    if isinstance(o, dict): return {k: _plain(v, f'{where}[{k!r}]') for k, v in o.items()}
-    if isinstance(o, (list, tuple, L)): return [_plain(v, f'{where}[{i}]') for i, v in enumerate(o)]
-    raise TypeError(f"cannot checkpoint {where}: a {type(o).__name__} is neither a tensor nor a plain python value")
 
 def _find(learn, cls):
     return next((cb for cb in learn.cbs if isinstance(cb, cls)), None)
@@ -407,8 +436,7 @@ def load_checkpoint(
     load_strict(learn.model, ck['model'], type(learn.model).__name__, ck['manifest']['files']['model'])
     ema = _find(learn, EMACallback)
     if ema is not None and ck['ema'] is not None:
-        dev = next(learn.model.parameters()).device
-        ema.shadow, ema.n_updates = {k: v.to(dev) for k, v in ck['ema'].items()}, s['ema_n_updates']
+        ema.load_state(ck['ema'], s['ema_n_updates'])
     if learn.opt is None: learn.create_opt()
     params = [p for p, *_ in learn.opt.all_params()]          # the state was saved from the CPU: put it beside each parameter
     opt_state = [{k: v.to(p.device) if isinstance(v, torch.Tensor) else v for k, v in st.items()} for p, st in zip(params, s['opt']['state'])]
@@ -448,13 +476,14 @@ def resume(
 class CheckpointEvery(Callback):
     "Save the full training state atomically every `n_iter` training iterations and at the end of `fit`, for `resume`."
     order, run_valid = 90, False   # after the step, the EMA update, `ValidateEvery` and `NaNGuard`
+    lr_find_skip = True            # a sweep's state is not a point to resume from
     def __init__(self,
         n_iter:int=1000,   # Save after every `n_iter` training iterations (counted over the whole run)
         path=None,         # Folder (default `learn.path/learn.model_dir`)
         fname:str='last',  # Manifest `{fname}.json`
     ):
         if n_iter < 1: raise ValueError(f"n_iter must be >= 1, got {n_iter}")
-        self.n_iter, self.path, self.fname, self.saved = n_iter, path, fname, []
+        self.n_iter, self.path, self.fname, self.saved, self.active, self._pending = n_iter, path, fname, [], False, False
     @property
     def dir(self) -> Path:
         "Folder of the checkpoint."
@@ -464,12 +493,19 @@ class CheckpointEvery(Callback):
         p = save_checkpoint(self.learn, self.dir, self.fname) if not rank_distrib() else None
         self.saved.append(self.learn.train_iter)
         return p
-    def before_fit(self): self.saved = []
+    def before_fit(self):
+        self.active = fitting(self.learn)
+        if self.active: self.saved, self._pending = [], False
     def after_batch(self):
-        if self.training and self.learn.train_iter % self.n_iter == 0: self.save()
+        if not (self.active and self.training and self.learn.train_iter % self.n_iter == 0): return
+        if validation_next(self.learn): self._pending = True   # after that validation, so the checkpoint holds its result
+        else: self.save()
+    def after_validate(self):
+        if self._pending: self._pending = False; self.save()
     def after_fit(self):
         it = getattr(self.learn, 'train_iter', 0)
-        if it and (not self.saved or self.saved[-1] != it): self.save()
+        if self.active and it and (not self.saved or self.saved[-1] != it): self.save()
+        self.active = False
 
 # %% ../nbs/09_callbacks.ipynb #396a1718
 def fit_resumable(

@@ -119,16 +119,32 @@ def load_image(
     return (t, info) if with_info else t
 
 # %% ../nbs/00_core.ipynb #aa45fe7e
+_PROC_STATUS = '/proc/self/status'
+_umask_lock = threading.Lock()
+
+def _umask() -> int:
+    "The process's umask: read from `/proc/self/status` (Linux), else set to `0o077` and back under a lock."
+    try:
+        for line in Path(_PROC_STATUS).read_text().splitlines():
+            if line.startswith('Umask:'): return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError): pass
+    with _umask_lock: m = os.umask(0o077); os.umask(m)
+    return m
+
 def atomic_write_bytes(
     path,          # Final file name
     data:bytes,    # Bytes to write
 ):
-    "Write `data` to `path` atomically: a temp file in the same folder, fsync, then rename over `path`."
+    "Write `data` to `path` atomically (temp file, fsync, rename); a new file gets `open`'s mode, a replaced one keeps its own."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    try: mode = os.stat(path).st_mode & 0o777    # replacing a file: keep its permissions (not setuid/setgid/sticky)
+    except OSError: mode = 0o666 & ~_umask()     # a new file: what `open(path, 'w')` gives
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')   # mkstemp makes it 0o600
     try:
         with os.fdopen(fd, 'wb') as f:
+            if hasattr(os, 'fchmod'): os.fchmod(f.fileno(), mode)
+            else: os.chmod(tmp, mode)
             f.write(data); f.flush(); os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:

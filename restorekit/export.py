@@ -30,10 +30,16 @@ class ONNXExportError(RuntimeError):
 CHECK_SIZES = ((37, 53), (96, 80), (48, 72))   # (h, w) checked in ONNX Runtime: odd, non-square, not the traced size
 
 # %% ../nbs/11_export.ipynb #89293a37
-def _require(name:str, why:str):
+def _require(
+    name:str,                # The optional package
+    why:str,                 # What needs it (starts the message)
+    extra:str|None='export', # restorekit's extra that installs it (None: not in one)
+):
     "Import the optional package `name`, or raise an ImportError saying how to install it."
     try: return importlib.import_module(name)
-    except ImportError: raise ImportError(f"{why} needs the package {name}, which is not installed: pip install {name}") from None
+    except ImportError:
+        how = f"pip install 'restorekit[{extra}]' (or just pip install {name})" if extra else f"pip install {name}"
+        raise ImportError(f"{why} needs the package {name}, which is not installed: {how}") from None
 
 def _plain_model(model) -> nn.Module:
     "A float32, eval-mode CPU copy of `model` (unwrapped from `torch.compile` and DataParallel); `model` is untouched."
@@ -50,7 +56,7 @@ def _export_proto(m:nn.Module, x:torch.Tensor, opset:int, dynamic:bool, dynamo:b
         warnings.filterwarnings('ignore', category=DeprecationWarning)       # "legacy TorchScript-based ONNX export"
         warnings.filterwarnings('ignore', category=torch.jit.TracerWarning)
         if dynamo:
-            _require('onnxscript', 'The dynamo ONNX exporter')
+            _require('onnxscript', 'The dynamo ONNX exporter', extra=None)
             Dim = torch.export.Dim
             shapes = ({0: Dim('batch'), 2: Dim('height'), 3: Dim('width')},) if dynamic else None
             return torch.onnx.export(m, (x,), dynamo=True, dynamic_shapes=shapes, verbose=False, **kw).model_proto

@@ -6,37 +6,44 @@ Docs: https://restorekit.github.io/restorekit/learner.html.md"""
 
 # %% ../nbs/08_learner.ipynb #ae39ac77
 from __future__ import annotations
-import math, os, warnings
+import copy, io, math, os, warnings
 from functools import partial
+from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
 import torch
-from fastcore.basics import patch, first
+from fastcore.basics import patch, first, PrettyString
+from fastcore.xtras import join_path_file
 
-from .core import default_device
+from .core import default_device, atomic_write_bytes, load_image
 from .silver import SilverStore, list_sources
 from .degrade import Degrader, DegradeConfig, GoldCallback, preset, gold_validation_set
 from .losses import RestorationLoss, LossTermsCallback
-from .metrics import PSNR, SSIM, LPIPSMetric
+from .metrics import PSNR, SSIM, LPIPSMetric, psnr
 from .models import create_model, model_splitter
-from .perceptual import find_trunk_file
+from .perceptual import find_trunk_file, load_strict
 
 with warnings.catch_warnings():   # fastai 2.8 calls torch.jit.script at import, deprecated since torch 2.14: not actionable here
     warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
     from fastai.callback.core import Callback, CancelTrainException
-    from fastai.callback.schedule import ParamScheduler
+    from fastai.callback.hook import module_summary
+    from fastai.callback.schedule import ParamScheduler, LRFinder
     from fastai.callback.training import GradientClip
     from fastai.data.core import DataLoaders
     from fastai.data.load import DataLoader
     from fastai.learner import Learner
     from fastai.optimizer import Adam
-    from fastai.torch_core import num_distrib
-    from fastai.distributed import DistributedDL
+    from fastai.torch_core import num_distrib, rank_distrib, distrib_barrier
+    from fastcore.foundation import L
+    # fastai.distributed uses accelerate unconditionally (a NameError without it): import it only when it can work
+    if find_spec('accelerate') is not None: from fastai.distributed import DistributedDL
+    else: DistributedDL = None
 
 # %% auto #0
-__all__ = ['PatchSampler', 'TrainPatches', 'SamplerDL', 'iters_per_epoch', 'restoration_dls', 'cosine_lr', 'CosineWarmup',
-           'StopAfter', 'bare_model', 'EMACallback', 'default_metrics', 'restoration_learner']
+__all__ = ['PatchSampler', 'TrainPatches', 'SamplerDL', 'iters_per_epoch', 'image_grid', 'RestorationDataLoaders',
+           'restoration_dls', 'cosine_lr', 'fitting', 'CosineWarmup', 'StopAfter', 'bare_model', 'EMACallback',
+           'default_metrics', 'RestorationLearner', 'restoration_learner']
 
 # %% ../nbs/08_learner.ipynb #26a0d955
 class PatchSampler(torch.utils.data.Sampler):
@@ -109,12 +116,17 @@ def _broadcast_on_backend_device(self, t, rank):
     torch.distributed.broadcast(t, rank)
     return t.cpu().tolist()
 
-DistributedDL._broadcast = _broadcast_on_backend_device
+if DistributedDL is not None: DistributedDL._broadcast = _broadcast_on_backend_device
+else:
+    @patch
+    def distrib_ctx(self:Learner, *args, **kwargs):
+        "Distributed training needs accelerate, which this install lacks."
+        raise ImportError("distributed training (learn.distrib_ctx) needs accelerate: pip install 'restorekit[distributed]'")
 
 def iters_per_epoch(dl) -> int:
     "Training iterations per epoch in this process (`DistributedDL` gives each of `WORLD_SIZE` processes its share of a pass)."
     n, world = len(dl), max(1, num_distrib())
-    return n if world == 1 or isinstance(dl, DistributedDL) else math.ceil(n / world)
+    return n if world == 1 or (DistributedDL is not None and isinstance(dl, DistributedDL)) else math.ceil(n / world)
 
 # %% ../nbs/08_learner.ipynb #d91742f2
 def _valid_images(valid) -> list:
@@ -145,6 +157,74 @@ def _degrade_config(degrade, scale:int) -> DegradeConfig:
     if cfg.scale != scale: raise ValueError(f"the degradation config has scale {cfg.scale} but scale={scale}")
     return cfg
 
+# %% ../nbs/08_learner.ipynb #1c658980
+def _hwc(x:torch.Tensor) -> np.ndarray:
+    "A `(3,H,W)` image tensor as an `(H,W,3)` float array in [0,1], for `imshow`."
+    return x.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+
+def image_grid(
+    rows:list,                 # One list of `(3,H,W)` tensors per row (LQ images are shown enlarged to the row's largest)
+    col_titles:list,           # A title per column
+    titles:list|None=None,     # Per-image titles (a list per row), overriding `col_titles`
+    size:float=2.6,            # Inches per image
+    pyplot:bool=True,          # Draw with pyplot (shown inline in notebooks); False: a detached `Figure` (for saving)
+):
+    "A grid of image rows (e.g. LQ / output / HQ), small images enlarged with nearest-neighbour to the largest in their row."
+    from matplotlib.figure import Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    n, m = len(rows), len(col_titles)
+    if pyplot:
+        import matplotlib.pyplot as plt
+        fig = plt.figure(figsize=(size * m, size * n))
+    else: fig = Figure(figsize=(size * m, size * n)); FigureCanvasAgg(fig)
+    axs = fig.subplots(n, m, squeeze=False)
+    for i, row in enumerate(rows):
+        hw = max((im.shape[-2:] for im in row), key=lambda s: s[0] * s[1])
+        for j, im in enumerate(row):
+            if tuple(im.shape[-2:]) != tuple(hw): im = torch.nn.functional.interpolate(im[None].float(), size=tuple(hw), mode='nearest')[0]
+            axs[i, j].imshow(_hwc(im), interpolation='nearest'); axs[i, j].axis('off')
+            axs[i, j].set_title(titles[i][j] if titles else col_titles[j], fontsize=9)
+    fig.tight_layout()
+    return fig
+
+class _NoItems(torch.utils.data.Dataset):
+    "The dataset of an exported learner's loaders (`Learner.export` keeps no data)."
+    def __len__(self): return 0
+    def __getitem__(self, i): raise IndexError("an exported learner has no data: use predict, or new DataLoaders")
+
+class RestorationDataLoaders(DataLoaders):
+    "fastai `DataLoaders` of a restoration run: clean training patches that `gold_cb` degrades, fixed Gold `(lq, hq)` validation pairs."
+    def gold_batch(self,
+        n:int=4,   # Patches (at most the batch size)
+    ) -> tuple:    # `(lq, hq)` on the loaders' device
+        "The first `n` pairs of the next training batch, degraded as training will; the sampler and the degrader do not advance."
+        s = self.sampler
+        hr = torch.stack([self.train.dataset[k][0] for k in s.draw(s.epoch)[:n]]).to(self.device)
+        return copy.deepcopy(self.gold_cb.degrader)(hr)   # a copy: the training stream stays as it was
+    def pairs(self,
+        ds_idx:int=1,  # 0: the next training pairs (`gold_batch`), 1: the validation pairs
+        n:int=4,       # How many
+    ) -> list:         # `(lq, hq)` tuples of `(3,H,W)` tensors
+        "Up to `n` `(lq, hq)` pairs of the training or validation set, without side effects on the training stream."
+        if ds_idx == 0: return list(zip(*self.gold_batch(n)))
+        if ds_idx != 1: raise ValueError(f"ds_idx must be 0 (train) or 1 (valid), got {ds_idx}")
+        return [(lq.to(self.device), hq.to(self.device)) for lq, hq in self.valid.dataset.pairs[:n]]
+    def show_batch(self,
+        max_n:int=4,       # Pairs to show
+        ds_idx:int=0,      # 0: training (Gold of the next batch), 1: validation
+        show:bool=True,    # Draw with pyplot; False: return the `Figure`
+        **kwargs,          # Passed on to `image_grid`
+    ):
+        "Show `(lq, hq)` pairs side by side: the degraded input (enlarged) and its clean target."
+        pairs = self.pairs(ds_idx, max_n)
+        fig = image_grid([list(p) for p in pairs], ['degraded input (LQ)', 'target (HQ)'], pyplot=show, **kwargs)
+        return None if show else fig
+    def new_empty(self):
+        "The same loaders without data (what `Learner.export` saves)."
+        dls = type(self)(*[dl.new(_NoItems()) for dl in self.loaders], path=self.path, device=self.device)
+        dls.scale = self.scale
+        return dls
+
 # %% ../nbs/08_learner.ipynb #a9e3e92d
 def restoration_dls(
     silver,                    # A `SilverStore` or the path of one
@@ -161,7 +241,7 @@ def restoration_dls(
     valid_bs:int=1,            # Validation batch size (pairs may differ in size: keep 1 unless they don't)
     valid_crop:int|None=None,  # Centre-crop validation images to this side first (None: whole images)
     cache_dir=None,            # Cache folder for the degraded validation pairs
-) -> DataLoaders:              # With `gold_cb` (the `GoldCallback` to add) and `sampler`
+) -> RestorationDataLoaders:   # With `gold_cb` (the `GoldCallback` to add) and `sampler`
     "Iteration-based DataLoaders: seeded random crops of Silver patches for training, fixed Gold pairs for validation."
     if not isinstance(silver, SilverStore):
         if not Path(silver).exists(): raise FileNotFoundError(f"Silver store {str(silver)!r} does not exist; build one with build_silver")
@@ -181,7 +261,7 @@ def restoration_dls(
     pin = device.type == 'cuda'
     train = SamplerDL(TrainPatches(silver, patch, augment), sampler, bs=bs, num_workers=num_workers, pin_memory=pin)
     vdl = DataLoader(vset, bs=valid_bs, shuffle=False, num_workers=0)
-    dls = DataLoaders(train, vdl, device=device)
+    dls = RestorationDataLoaders(train, vdl, device=device)
     dls.gold_cb, dls.sampler, dls.scale, dls.silver = GoldCallback(deg), sampler, scale, silver
     return dls
 
@@ -202,9 +282,13 @@ def cosine_lr(
     return lo + (lr - lo) * (1 + math.cos(math.pi * p)) / 2
 
 # %% ../nbs/08_learner.ipynb #c672788c
+def fitting(learn) -> bool:
+    "Whether `learn` is training (`fit`), not in `validate`/`get_preds`/`summary`, whose context also sends `before_fit`/`after_fit`."
+    return getattr(learn, 'in_fit', True)   # a plain fastai `Learner` does not say: assume a fit
+
 class CosineWarmup(Callback):
     "Per-iteration cosine learning-rate schedule with linear warm-up; stands aside when another `lr` schedule (`fit_one_cycle`, `lr_find`) runs."
-    order, run_valid = 60, False
+    order, run_valid, active = 60, False, False
     def __init__(self,
         warmup:float=0.0,     # Warm-up fraction of the run
         eta_min:float=1e-7,   # Final learning rate
@@ -213,7 +297,7 @@ class CosineWarmup(Callback):
         cosine_lr(0, 1, 1., warmup)
         self.warmup, self.eta_min, self.total = warmup, eta_min, total
     def before_fit(self):
-        self.active = not any(isinstance(cb, ParamScheduler) and 'lr' in cb.scheds for cb in self.learn.cbs)
+        self.active = fitting(self.learn) and not any(isinstance(cb, ParamScheduler) and 'lr' in cb.scheds for cb in self.learn.cbs)
         if not self.active: return
         self.base = [h['lr'] for h in self.opt.hypers]
         self.n_total = self.total or self.n_epoch * iters_per_epoch(self.dls.train)
@@ -225,14 +309,18 @@ class CosineWarmup(Callback):
         self.lrs.append(lrs[-1])
     def after_fit(self):
         if self.active and hasattr(self.learn, 'recorder'): self.learn.recorder.hps = {'lr': self.lrs}
+        self.active = False
 
 # %% ../nbs/08_learner.ipynb #3bb127af
 class StopAfter(Callback):
-    "End training after `n_iter` iterations in all, cutting the last epoch short (its validation still runs)."
+    "End training after `n_iter` iterations in all, cutting the last epoch short (its training columns and validation are still logged)."
     order, run_valid = -20, False
-    def __init__(self, n_iter:int): self.n_iter = n_iter
+    def __init__(self, n_iter:int): self.n_iter, self.cut = n_iter, False
+    def before_train(self): self.cut = False
     def before_batch(self):
-        if self.train_iter >= self.n_iter: raise CancelTrainException()
+        if self.train_iter >= self.n_iter: self.cut = True; raise CancelTrainException()
+    def after_train(self):   # runs before the recorder's: a cut epoch is not a cancelled one, so keep its training columns
+        if self.cut and hasattr(self.learn, 'recorder'): self.learn.recorder.cancel_train = False
 
 # %% ../nbs/08_learner.ipynb #16b84069
 def bare_model(model:torch.nn.Module) -> torch.nn.Module:
@@ -251,12 +339,31 @@ class EMACallback(Callback):
         swap:bool=True,      # Validate (and `get_preds`) with the EMA weights, then put the raw ones back
     ):
         if not 0 <= decay < 1: raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
-        self.decay, self.warmup, self.swap, self.shadow, self.n_updates, self._raw = decay, warmup, swap, None, 0, None
-    def reset(self): self.shadow, self.n_updates = None, 0
-    def before_fit(self):
+        self.decay, self.warmup, self.swap, self.shadow, self.n_updates, self._raw, self._seen = decay, warmup, swap, None, 0, None, None
+    def reset(self): self.shadow, self.n_updates, self._seen = None, 0, None
+    def __getstate__(self): return {**self.__dict__, '_seen': None, '_raw': None}   # a loaded copy has new version counters
+    def _versions(self) -> list:
+        "The parameters' version counters: an in-place write (an optimizer step, `load_state_dict`) bumps them."
+        return [p._version for p in bare_model(self.learn.model).parameters()]
+    def sync(self):
+        "Restart the average from the model's current weights."
+        self.shadow = {k: v.detach().clone() for k, v in bare_model(self.learn.model).state_dict().items()}
+        self.n_updates, self._seen = 0, self._versions()
+    def load_state(self,
+        shadow:dict,      # EMA weights (keys of the bare model)
+        n_updates:int,    # Updates they have seen
+    ):
+        "Set the average (from a checkpoint or a saved learner); call it after loading the matching model weights."
+        dev = next(bare_model(self.learn.model).parameters()).device
+        self.shadow, self.n_updates, self._seen = {k: v.to(dev) for k, v in shadow.items()}, int(n_updates), self._versions()
+    def stale(self) -> bool:
+        "Whether the average no longer belongs to the weights: none yet, other keys or shapes, or weights changed outside training."
+        if self.shadow is None: return True
         sd = bare_model(self.learn.model).state_dict()
-        if self.shadow is None or self.shadow.keys() != sd.keys() or any(self.shadow[k].shape != v.shape for k, v in sd.items()):
-            self.shadow, self.n_updates = {k: v.detach().clone() for k, v in sd.items()}, 0
+        if self.shadow.keys() != sd.keys() or any(self.shadow[k].shape != v.shape for k, v in sd.items()): return True
+        return self._seen is not None and self._seen != self._versions()
+    def before_fit(self):
+        if self.stale(): self.sync()
     @torch.no_grad()
     def after_step(self):
         d = min(self.decay, (1 + self.n_updates) / (10 + self.n_updates)) if self.warmup else self.decay
@@ -269,13 +376,17 @@ class EMACallback(Callback):
             else: e.copy_(v)
         if ema: torch._foreach_lerp_(ema, new, 1 - d)   # one fused launch for all tensors (as timm's ModelEmaV3)
         self.n_updates += 1
+        self._seen = self._versions()
     def before_validate(self):
+        if self.stale(): self.sync()   # e.g. `load_weights(learn.model, ...)` since the last step: score those weights
         if not self.swap or not self.n_updates: return
         m = bare_model(self.learn.model)
         self._raw = {k: v.detach().clone() for k, v in m.state_dict().items()}
         m.load_state_dict(self.shadow)
     def after_validate(self):
-        if self._raw is not None: bare_model(self.learn.model).load_state_dict(self._raw); self._raw = None
+        if self._raw is not None:
+            bare_model(self.learn.model).load_state_dict(self._raw); self._raw = None
+            self._seen = self._versions()   # putting the raw weights back is no change of weights
     def ema_state_dict(self) -> dict:
         "A copy of the EMA weights (for `save_weights` / inference)."
         if self.shadow is None: raise RuntimeError("no EMA weights yet: train first")
@@ -292,11 +403,157 @@ def default_metrics(
     if lpips: ms.append(LPIPSMetric())
     return ms
 
+# %% ../nbs/08_learner.ipynb #c0c1f949
+def _plain(o, where:str='state'):
+    "`o` with fastcore `L`s and tuples as lists, checked to hold only tensors and plain python values (for `weights_only=True`)."
+    if isinstance(o, torch.Tensor) or o is None or isinstance(o, (bool, int, float, str)): return o
+    if isinstance(o, np.generic): return o.item()
+    if isinstance(o, dict): return {k: _plain(v, f'{where}[{k!r}]') for k, v in o.items()}
+    if isinstance(o, (list, tuple, L)): return [_plain(v, f'{where}[{i}]') for i, v in enumerate(o)]
+    raise TypeError(f"cannot checkpoint {where}: a {type(o).__name__} is neither a tensor nor a plain python value")
+
+def _torch_load(file, device) -> dict:
+    "`torch.load(weights_only=True)` allowing fastai's optimizer-state types, as `fastai.learner.load_model` does."
+    core = getattr(np, '_core', None) or np.core
+    safe = [L, core.multiarray.scalar, np.dtype, *[getattr(np.dtypes, d) for d in np.dtypes.__all__]]
+    with torch.serialization.safe_globals(safe): return torch.load(file, map_location=device, weights_only=True)
+
+def _as_lq(item) -> torch.Tensor:
+    "An input image as a float `(3,H,W)` tensor in [0,1]: a path, a PIL image, an `(H,W,3)` uint8 array or a tensor."
+    from PIL import Image
+    if isinstance(item, (str, os.PathLike)): return load_image(item)
+    if isinstance(item, Image.Image): item = np.asarray(item.convert('RGB'))
+    if isinstance(item, np.ndarray):
+        if item.ndim != 3 or item.shape[2] != 3: raise ValueError(f"predict: an array must be (H,W,3), got shape {item.shape}")
+        item = torch.from_numpy(np.ascontiguousarray(item)).permute(2, 0, 1)
+    if not isinstance(item, torch.Tensor): raise TypeError(f"predict takes an image path, a PIL image, an array or a tensor, got {type(item).__name__}")
+    x = item[0] if item.ndim == 4 and item.shape[0] == 1 else item
+    if x.ndim != 3 or x.shape[0] != 3: raise ValueError(f"predict: a tensor must be (3,H,W) or (1,3,H,W), got shape {tuple(item.shape)}")
+    return x.float() / 255 if x.dtype == torch.uint8 else x.float()
+
+def _to_pil(x:torch.Tensor):
+    from PIL import Image
+    return Image.fromarray((_hwc(x) * 255 + 0.5).astype(np.uint8))
+
+class RestorationLearner(Learner):
+    "A fastai `Learner` whose `save`/`load` carry the EMA, whose `predict`/`show_results`/`summary` take images, with restoration-safe `fine_tune`."
+    in_fit = False
+    def fit(self, n_epoch, lr=None, wd=None, cbs=None, reset_opt=False, start_epoch=0):
+        "fastai's `fit`; `in_fit` tells the callbacks that this is training, not a validation context."
+        old, self.in_fit = self.in_fit, True
+        try: return super().fit(n_epoch, lr=lr, wd=wd, cbs=cbs, reset_opt=reset_opt, start_epoch=start_epoch)
+        finally: self.in_fit = old
+
+    @property
+    def ema_cb(self) -> EMACallback|None:
+        "The `EMACallback`, if any."
+        return first(cb for cb in self.cbs if isinstance(cb, EMACallback))
+
+    def save(self,
+        file,                # Name in `path/model_dir` (`.pth` is added), or a path
+        with_opt:bool=True,  # Also save the optimizer state
+        pickle_protocol:int=2,
+    ) -> Path:
+        "Save the model, its EMA and (with `with_opt`) the optimizer state, atomically; loadable with `weights_only=True`."
+        fpath = join_path_file(file, self.path/self.model_dir, ext='.pth')
+        if rank_distrib(): return fpath   # one writer under DDP, as fastai
+        state = {'model': bare_model(self.model).state_dict()}
+        if with_opt and self.opt is not None: state['opt'] = _plain(self.opt.state_dict(), 'opt')
+        ema = self.ema_cb
+        if ema is not None and ema.shadow is not None: state.update(ema=ema.shadow, ema_n_updates=ema.n_updates)
+        buf = io.BytesIO(); torch.save(state, buf, pickle_protocol=pickle_protocol)
+        return atomic_write_bytes(fpath, buf.getvalue())
+
+    def load(self,
+        file,                # Name in `path/model_dir` (`.pth` is added), or a path
+        device=None,         # Where to load (default: the loaders' device)
+        with_opt:bool=True,  # Also load the optimizer state, when the file has one
+        strict:bool=True,    # Refuse missing, unexpected or reshaped keys, listing them
+    ):
+        "Load what `save` (or fastai's `Learner.save`) wrote: weights, optimizer, EMA (restarted from the weights if the file has none)."
+        if device is None: device = getattr(self.dls, 'device', 'cpu')
+        if self.opt is None: self.create_opt()
+        fpath = join_path_file(file, self.path/self.model_dir, ext='.pth')
+        if not fpath.is_file(): raise FileNotFoundError(f"no saved learner {str(fpath)!r}: save it first with learn.save({str(file)!r})")
+        distrib_barrier()
+        state = _torch_load(fpath, device)
+        has_model = isinstance(state.get('model'), dict)
+        sd, m = (state['model'] if has_model else state), bare_model(self.model)
+        if strict: load_strict(m, sd, type(m).__name__, str(fpath))
+        else: m.load_state_dict(sd, strict=False)
+        if with_opt and 'opt' in state:
+            try: self.opt.load_state_dict({**state['opt'], 'hypers': L(state['opt']['hypers'])})
+            except Exception as e: warnings.warn(f"could not load the optimizer state of {str(fpath)!r} ({e}); the optimizer starts afresh")
+        elif with_opt: warnings.warn(f"{str(fpath)!r} holds no optimizer state (as a weights-only file): the optimizer keeps its own")
+        ema = self.ema_cb
+        if ema is not None:
+            if 'ema' in state: ema.load_state(state['ema'], state.get('ema_n_updates', 1))
+            else: ema.sync()
+        return self
+
+    def lr_find(self, *args, **kwargs):
+        "fastai's `lr_find`, without the callbacks that validate or write files (`lr_find_skip`); the weights, optimizer and EMA come back."
+        skip = [cb for cb in self.cbs if getattr(cb, 'lr_find_skip', False)]
+        with self.removed_cbs(skip): return super().lr_find(*args, **kwargs)
+
+    def fine_tune(self,
+        epochs:int,              # Epochs with the whole model training
+        base_lr:float|None=None, # Peak learning rate of the head (None: the learner's `lr` / 2)
+        freeze_epochs:int=1,     # Epochs training the head (upsampler) alone first
+        lr_mult:float=10,        # The body trains at `base_lr / lr_mult`
+        pct_start:float=0.3,     # Warm-up share of the one-cycle schedule
+        div:float=5.0,           # Start at `base_lr / div`
+        **kwargs,                # Passed on to `fit_one_cycle`
+    ):
+        "fastai's `fine_tune` with restoration-safe defaults: the learner's own rate, not 2e-3, and a gentler body multiplier."
+        if base_lr is None: base_lr = (self.lr.stop if isinstance(self.lr, slice) else self.lr) / 2
+        return super().fine_tune(epochs, base_lr=base_lr, freeze_epochs=freeze_epochs, lr_mult=lr_mult, pct_start=pct_start, div=div, **kwargs)
+
+    def predict(self,
+        item,                    # Image path, PIL image, `(H,W,3)` uint8 array, or `(3,H,W)` tensor in [0,1]
+        with_input:bool=False,   # Also return the input tensor, first
+    ) -> tuple:                  # `(PIL image, output (3,sH,sW) in [0,1], raw output)`, as fastai's `predict`
+        "Restore one whole image with the validated (EMA) weights."
+        x = _as_lq(item)
+        preds, _ = self.get_preds(dl=[(x[None].to(self.dls.device),)])
+        raw = preds[0]
+        out = raw.float().clamp(0, 1)
+        res = (_to_pil(out), out, raw)
+        return (x,) + res if with_input else res
+
+    def show_results(self,
+        ds_idx:int=1,      # 1: validation pairs; 0: the next training pairs (degraded as training will)
+        max_n:int=4,       # Pairs to show
+        show:bool=True,    # Draw with pyplot; False: return the `Figure`
+        **kwargs,          # Passed on to `image_grid`
+    ):
+        "Show degraded input / model output / target side by side, with the PSNR of each output."
+        pairs = self.dls.pairs(ds_idx, max_n)
+        preds, _ = self.get_preds(dl=[(lq[None], hq[None]) for lq, hq in pairs])
+        scale = getattr(self.dls, 'scale', 1)
+        rows, titles = [], []
+        for (lq, hq), sr in zip(pairs, preds):
+            sr = sr.float().clamp(0, 1).to(hq.device)
+            rows.append([lq, sr, hq])
+            titles.append(['degraded input (LQ)', f'output {float(psnr(sr, hq, scale)):.2f} dB', 'target (HQ)'])
+        fig = image_grid(rows, ['degraded input (LQ)', 'output', 'target (HQ)'], titles, pyplot=show, **kwargs)
+        return None if show else fig
+
+    def summary(self):
+        "fastai's summary of the model, optimizer and loss, on a validation input (an LQ image, not a clean patch)."
+        lq, _ = self.dls.pairs(1, 1)[0]
+        res = module_summary(self, lq[None])
+        res += f"Optimizer used: {self.opt_func}\nLoss function: {self.loss_func}\n\n"
+        if self.opt is not None:
+            res += "Model " + ("unfrozen\n\n" if self.opt.frozen_idx == 0 else f"frozen up to parameter group #{self.opt.frozen_idx}\n\n")
+        res += "Callbacks:\n" + '\n'.join(f"  - {cb}" for cb in self.cbs.sorted('order'))
+        return PrettyString(res)
+
 # %% ../nbs/08_learner.ipynb #5d601ff7
 def restoration_learner(
     dls:DataLoaders,          # From `restoration_dls` (carries its `gold_cb`)
     arch:str='edsr_baseline', # Architecture for `create_model`, or a ready `nn.Module`
-    loss=None,                # Loss (default `RestorationLoss(l1=1, ms_ssim=0.2, lpips=0.1)`)
+    loss=None,                # Loss (default L1 + 0.2 MS-SSIM, which needs no download; LPIPS needs ImageNet trunk weights)
     metrics=None,             # Metrics (default `default_metrics(scale)`)
     n_iter:int|None=None,     # Iterations of `fit_iters()` when called without a count (default: one epoch)
     lr:float=2e-4,            # Peak learning rate
@@ -310,14 +567,14 @@ def restoration_learner(
     model_kw:dict|None=None,  # Overrides of the architecture's configuration
     cbs=None,                 # Extra callbacks
     **kwargs,                 # Passed on to fastai's `Learner`
-) -> Learner:
+) -> RestorationLearner:
     "A fastai `Learner` for restoration: AdamW, cosine schedule with warm-up, gradient clipping, EMA, Gold degradation."
     gold = getattr(dls, 'gold_cb', None)
     if gold is None: raise TypeError("dls has no gold_cb: make it with restoration_dls")
     scale = dls.scale
     model = arch if isinstance(arch, torch.nn.Module) else create_model(arch, scale, seed=seed, **(model_kw or {}))
     model = model.to(dls.device)
-    if loss is None: loss = RestorationLoss(l1=1, ms_ssim=0.2, lpips=0.1)
+    if loss is None: loss = RestorationLoss(l1=1, ms_ssim=0.2, lpips=0)
     if metrics is None: metrics = default_metrics(scale)
     if mixed_precision not in (None, 'bf16', 'fp16'): raise ValueError(f"mixed_precision must be 'bf16', 'fp16' or None, got {mixed_precision!r}")
     if hasattr(loss, 'to'): loss = loss.to(dls.device)
@@ -326,7 +583,7 @@ def restoration_learner(
     if grad_clip is not None: extra.append(GradientClip(grad_clip))
     if ema is not None: extra.append(EMACallback(ema))
     if isinstance(loss, RestorationLoss): extra.append(LossTermsCallback())
-    learn = Learner(dls, model, loss_func=loss, opt_func=partial(Adam, mom=0.9, sqr_mom=0.99, eps=1e-8, decouple_wd=True),
+    learn = RestorationLearner(dls, model, loss_func=loss, opt_func=partial(Adam, mom=0.9, sqr_mom=0.99, eps=1e-8, decouple_wd=True),
                     lr=lr, wd=wd, splitter=model_splitter, metrics=metrics, cbs=extra + list(cbs or []), **kwargs)
     learn.default_iters = n_iter
     if mixed_precision is not None:
@@ -340,7 +597,7 @@ def fit_iters(self:Learner,
     n_iter:int|None=None,   # Training iterations (default: the learner's `default_iters`, else one epoch)
     lr:float|None=None,     # Peak learning rate (default: `learn.lr`)
     warmup:float|None=None, # Warm-up fraction (default: the schedule's)
-    cbs=None,               # Extra callbacks for this run
+    cbs=None,               # Extra callbacks for this run (one or a list)
     reset_opt:bool=False,   # Start a fresh optimizer
 ):
     "Train for exactly `n_iter` iterations, validating after every `len(dls.train)` of them and at the end."
@@ -352,5 +609,5 @@ def fit_iters(self:Learner,
     old = sched.total, sched.warmup
     sched.total = n_iter
     if warmup is not None: cosine_lr(0, 1, 1., warmup); sched.warmup = warmup
-    try: self.fit(math.ceil(n_iter / iters_per_epoch(self.dls.train)), lr=lr, cbs=extra + list(cbs or []), reset_opt=reset_opt)
+    try: self.fit(math.ceil(n_iter / iters_per_epoch(self.dls.train)), lr=lr, cbs=extra + list(L(cbs)), reset_opt=reset_opt)
     finally: sched.total, sched.warmup = old

@@ -6,7 +6,8 @@ Docs: https://restorekit.github.io/restorekit/train.html.md"""
 
 # %% ../nbs/09b_train.ipynb #d4481624
 from __future__ import annotations
-import dataclasses, difflib, json, sys, time, types, typing
+import dataclasses, difflib, io, json, sys, time, types, typing
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
 
@@ -15,18 +16,19 @@ import yaml
 from typing import Annotated
 from fastcore.script import call_parse
 
-from .core import sample_images, seed_everything
+from .core import sample_images, seed_everything, atomic_write_bytes
 from .silver import build_silver, SilverStore
 from .imresize import imresize
 from .metrics import psnr
 from .models import ARCHS, create_model, load_weights
 from .losses import RestorationLoss
 from .degrade import PRESETS as DEGRADE_PRESETS
-from .learner import restoration_dls, restoration_learner, default_metrics
+from .learner import restoration_dls, restoration_learner, default_metrics, image_grid
 from .callbacks import ValidateEvery, NaNGuard, JSONLLogger, FreezeFor, plot_loss_curve, fit_resumable, _valid_values
 
 # %% auto #0
-__all__ = ['DEMO_VALID', 'LOSS_TERMS', 'TRAIN_PRESETS', 'TrainConfig', 'check_config', 'load_config', 'train', 'train_cli']
+__all__ = ['DEMO_VALID', 'LOSS_TERMS', 'TRAIN_PRESETS', 'TrainConfig', 'check_config', 'load_config', 'torch_threads', 'train',
+           'train_cli']
 
 # %% ../nbs/09b_train.ipynb #c0f9c193
 DEMO_VALID = ('chelsea.png', 'coffee.png')   # bundled photos held out of the default Silver store, for validation
@@ -56,6 +58,8 @@ class TrainConfig:
     silver_patch:int|None=None      # Patch side of a Silver store built from the bundled photos (None: `2*patch`)
     seed:int=0                      # Seed of the weights, the patch stream and the degradations
     device:str|None=None            # 'cpu', 'cuda', ...; None: the best available
+    threads:int|None=None           # Torch CPU threads during the run (None: torch's default); fewer than the cores on a busy machine
+    num_workers:int=0               # DataLoader worker processes reading the Silver patches
     pretrained:str|None=None        # Weights to start from (fine-tuning), loaded strictly: a weights file or a run folder (its best.safetensors)
     freeze_iters:int=0              # Fine-tuning: train only the head (upsampler) for this many iterations first (`FreezeFor`)
     lr_mult:float=1.0               # Discriminative learning rates: the body trains at lr / lr_mult (fastai's `fine_tune` uses 100)
@@ -65,9 +69,9 @@ class TrainConfig:
 
 # %% ../nbs/09b_train.ipynb #db834429
 TRAIN_PRESETS = {
-    'demo': dict(arch='edsr_baseline', model_kw=dict(n_feats=16, n_blocks=4), scale=2, patch=64, bs=8, degrade='bicubic',
+    'demo': dict(arch='edsr_baseline', model_kw=dict(n_feats=16, n_blocks=4), scale=2, patch=64, bs=8, degrade='light',
                  n_iter=1000, lr=1e-3, warmup=0.02, ema=0.99, loss=dict(l1=1.0, ms_ssim=0.2), validate_every=250,
-                 checkpoint_every=250, valid_crop=128, device='cpu'),
+                 checkpoint_every=250, valid_crop=128, device='cpu', threads=1),
     'sr_x4_realesrgan': dict(arch='edsr_baseline', scale=4, patch=192, bs=16, degrade='realesrgan', n_iter=200_000, lr=2e-4,
                              warmup=0.01, loss=dict(l1=1.0, ms_ssim=0.2, lpips=0.1), validate_every=5000, checkpoint_every=2000),
     'sr_x2_bicubic': dict(arch='edsr_baseline', scale=2, patch=96, bs=16, degrade='bicubic', n_iter=100_000, lr=2e-4,
@@ -126,6 +130,8 @@ def check_config(
     if cfg.patch % cfg.scale: raise ValueError(f"patch {cfg.patch} is not a multiple of scale {cfg.scale}; use e.g. {cfg.patch - cfg.patch % cfg.scale or cfg.scale}")
     for k in ('patch', 'bs', 'n_iter', 'validate_every', 'checkpoint_every'):
         if getattr(cfg, k) < 1: raise ValueError(f"{k} must be >= 1, got {getattr(cfg, k)}")
+    if cfg.threads is not None and cfg.threads < 1: raise ValueError(f"threads must be >= 1 or empty (torch's default), got {cfg.threads}")
+    if cfg.num_workers < 0: raise ValueError(f"num_workers must be >= 0, got {cfg.num_workers}")
     if cfg.lr <= 0: raise ValueError(f"lr must be > 0, got {cfg.lr}")
     if cfg.lr_mult < 1: raise ValueError(f"lr_mult must be >= 1 (the body trains at lr / lr_mult), got {cfg.lr_mult}")
     if not 0 <= cfg.freeze_iters <= cfg.n_iter: raise ValueError(f"freeze_iters must be in [0, n_iter={cfg.n_iter}], got {cfg.freeze_iters}")
@@ -214,25 +220,32 @@ def _silver_and_valid(cfg:TrainConfig, run:Path, verbose:bool):
 
 # %% ../nbs/09b_train.ipynb #66026a42
 def _comparison(model, pairs, scale:int, out:Path, device) -> dict:
-    "Bicubic | model | HR on the first validation pair (PSNR on Y in the titles); mean PSNRs over all pairs."
-    from matplotlib.figure import Figure
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    "Degraded input | model | original for the first validation pair (PSNR on Y in the titles); mean PSNRs over all pairs."
     model.eval()
     res, shown = {'psnr_bicubic': [], 'psnr_model': []}, None
     with torch.no_grad():
         for lq, hq in pairs:
-            base = imresize(lq[None], scale).clamp(0, 1) if scale > 1 else lq[None]
+            base = imresize(lq[None], scale).clamp(0, 1) if scale > 1 else lq[None]   # the baseline: bicubic upscaling
             sr = model(lq[None].to(device)).float().cpu().clamp(0, 1)
             pb, pm = float(psnr(base, hq[None], scale)), float(psnr(sr, hq[None], scale))
             res['psnr_bicubic'].append(pb); res['psnr_model'].append(pm)
-            if shown is None: shown = (base[0], sr[0], hq, pb, pm)
-    base, sr, hq, pb, pm = shown
-    fig = Figure(figsize=(10, 3.6)); FigureCanvasAgg(fig)
-    titles = ['bicubic' if scale > 1 else 'input', 'model', 'HR']
-    for ax, im, t in zip(fig.subplots(1, 3), (base, sr, hq), (f'{titles[0]} {pb:.2f} dB', f'model {pm:.2f} dB', 'HR')):
-        ax.imshow(im.permute(1, 2, 0).numpy(), interpolation='nearest'); ax.set_title(t); ax.axis('off')
-    fig.tight_layout(); fig.savefig(out, dpi=100)
+            if shown is None: shown = (lq, sr[0], hq, pb, pm)
+    lq, sr, hq, pb, pm = shown
+    base = f'bicubic ×{scale}' if scale > 1 else 'input'
+    fig = image_grid([[lq, sr, hq]], ['degraded input', 'model', 'original'],
+                     [[f'degraded input ({base}: {pb:.2f} dB)', f'model {pm:.2f} dB', 'original (HR)']], size=3.4, pyplot=False)
+    buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=100)
+    atomic_write_bytes(out, buf.getvalue())
     return {k: sum(v) / len(v) for k, v in res.items()}
+
+# %% ../nbs/09b_train.ipynb #1943de93
+@contextmanager
+def torch_threads(n:int|None):
+    "Run a block with `n` torch CPU threads (None: leave the setting alone), then put the previous number back."
+    old = torch.get_num_threads()
+    if n is not None: torch.set_num_threads(n)
+    try: yield
+    finally: torch.set_num_threads(old)
 
 # %% ../nbs/09b_train.ipynb #8d71f6cc
 def train(
@@ -260,37 +273,38 @@ def train(
     cfg = _absolute_paths(dataclasses.replace(cfg, run_dir=str(run)))   # the saved config resumes from any folder
     run.mkdir(parents=True, exist_ok=True)
     (run/'config.yaml').write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
-    seed_everything(cfg.seed)
-    silver, valid = _silver_and_valid(cfg, run, verbose)
-    dls = restoration_dls(silver, valid, bs=cfg.bs, patch=cfg.patch, scale=cfg.scale, degrade=cfg.degrade,
-                          epoch_len=min(cfg.validate_every, cfg.n_iter), seed=cfg.seed, device=cfg.device,
-                          valid_crop=cfg.valid_crop, cache_dir=run/'valid_cache')
-    loss = RestorationLoss(**{k: float(cfg.loss.get(k, 0)) for k in LOSS_TERMS})
-    ve = ValidateEvery(cfg.validate_every, 'psnr', path=run, meta={'arch': cfg.arch, 'scale': cfg.scale, 'model_kw': json.dumps(cfg.model_kw)})
-    learn = restoration_learner(dls, cfg.arch, loss=loss, metrics=default_metrics(cfg.scale, lpips=False), n_iter=cfg.n_iter,
-                                lr=cfg.lr, warmup=cfg.warmup, grad_clip=cfg.grad_clip, ema=cfg.ema, seed=cfg.seed,
-                                model_kw=cfg.model_kw, mixed_precision=cfg.mixed_precision, path=run,
-                                cbs=[ve, NaNGuard(), JSONLLogger(path=run)] + ([FreezeFor(cfg.freeze_iters)] if cfg.freeze_iters else []))
-    if cfg.lr_mult != 1: learn.lr = slice(cfg.lr / cfg.lr_mult, cfg.lr)   # [body, head] (`model_splitter`)
-    if cfg.pretrained and not resume: load_weights(learn.model, _pretrained_file(cfg.pretrained))
-    if not verbose: learn.remove_cbs([cb for cb in learn.cbs if type(cb).__name__ == 'ProgressCallback']); learn.logger = lambda *a, **k: None
-    if fit_resumable(learn, cfg.n_iter, run/'checkpoint', every=cfg.checkpoint_every):
-        it, vals = learn.train_iter, _valid_values(learn)
-        if 'psnr' in vals and (not ve.history or ve.history[-1][0] != it): ve.update(it, vals['psnr'])   # the final weights
-    elif verbose: print(f"{str(run)!r} had already finished its {cfg.n_iter} iterations")
-    plot_loss_curve(run/'log.jsonl', run/'loss_curve.png')
-    model = create_model(cfg.arch, cfg.scale, **cfg.model_kw)
-    if ve.fpath.exists(): load_weights(model, ve.fpath)
-    else: model.load_state_dict(learn.model.state_dict())
-    cmp = _comparison(model.to(dls.device), dls.valid.dataset.pairs, cfg.scale, run/'comparison.png', dls.device)
-    prev = json.loads((run/'summary.json').read_text()) if (run/'summary.json').is_file() else {}
-    best = (ve.best_iter, ve.best) if ve.best_iter is not None else (prev.get('best_iter'), prev.get('best_psnr'))
-    summary = {**cmp, 'best_iter': best[0], 'best_psnr': best[1], 'n_iter': cfg.n_iter, 'seconds': round(time.time() - t0, 1)}
-    (run/'summary.json').write_text(json.dumps(summary, indent=1))
-    if verbose:
-        print(f"Validation PSNR (Y): bicubic {cmp['psnr_bicubic']:.2f} dB, model {cmp['psnr_model']:.2f} dB (best at iteration {best[0]})")
-        print(f"Run folder: {run}\n  best weights: {ve.fpath}\n  log: {run/'log.jsonl'}\n  loss curve: {run/'loss_curve.png'}\n"
-              f"  comparison: {run/'comparison.png'}\n  checkpoint: {run/'checkpoint'/'last.json'}")
+    with torch_threads(cfg.threads):
+        seed_everything(cfg.seed)
+        silver, valid = _silver_and_valid(cfg, run, verbose)
+        dls = restoration_dls(silver, valid, bs=cfg.bs, patch=cfg.patch, scale=cfg.scale, degrade=cfg.degrade,
+                              epoch_len=min(cfg.validate_every, cfg.n_iter), seed=cfg.seed, device=cfg.device, num_workers=cfg.num_workers,
+                              valid_crop=cfg.valid_crop, cache_dir=run/'valid_cache')
+        loss = RestorationLoss(**{k: float(cfg.loss.get(k, 0)) for k in LOSS_TERMS})
+        ve = ValidateEvery(cfg.validate_every, 'psnr', path=run, meta={'arch': cfg.arch, 'scale': cfg.scale, 'model_kw': json.dumps(cfg.model_kw)})
+        learn = restoration_learner(dls, cfg.arch, loss=loss, metrics=default_metrics(cfg.scale, lpips=False), n_iter=cfg.n_iter,
+                                    lr=cfg.lr, warmup=cfg.warmup, grad_clip=cfg.grad_clip, ema=cfg.ema, seed=cfg.seed,
+                                    model_kw=cfg.model_kw, mixed_precision=cfg.mixed_precision, path=run,
+                                    cbs=[ve, NaNGuard(), JSONLLogger(path=run)] + ([FreezeFor(cfg.freeze_iters)] if cfg.freeze_iters else []))
+        if cfg.lr_mult != 1: learn.lr = slice(cfg.lr / cfg.lr_mult, cfg.lr)   # [body, head] (`model_splitter`)
+        if cfg.pretrained and not resume: load_weights(learn.model, _pretrained_file(cfg.pretrained))
+        if not verbose: learn.remove_cbs([cb for cb in learn.cbs if type(cb).__name__ == 'ProgressCallback']); learn.logger = lambda *a, **k: None
+        if fit_resumable(learn, cfg.n_iter, run/'checkpoint', every=cfg.checkpoint_every):
+            it, vals = learn.train_iter, _valid_values(learn)
+            if 'psnr' in vals and (not ve.history or ve.history[-1][0] != it): ve.update(it, vals['psnr'])   # the final weights
+        elif verbose: print(f"{str(run)!r} had already finished its {cfg.n_iter} iterations")
+        plot_loss_curve(run/'log.jsonl', run/'loss_curve.png')
+        model = create_model(cfg.arch, cfg.scale, **cfg.model_kw)
+        if ve.fpath.exists(): load_weights(model, ve.fpath)
+        else: model.load_state_dict(learn.model.state_dict())
+        cmp = _comparison(model.to(dls.device), dls.valid.dataset.pairs, cfg.scale, run/'comparison.png', dls.device)
+        prev = json.loads((run/'summary.json').read_text()) if (run/'summary.json').is_file() else {}
+        best = (ve.best_iter, ve.best) if ve.best_iter is not None else (prev.get('best_iter'), prev.get('best_psnr'))
+        summary = {**cmp, 'best_iter': best[0], 'best_psnr': best[1], 'n_iter': cfg.n_iter, 'seconds': round(time.time() - t0, 1)}
+        (run/'summary.json').write_text(json.dumps(summary, indent=1))
+        if verbose:
+            print(f"Validation PSNR (Y): bicubic {cmp['psnr_bicubic']:.2f} dB, model {cmp['psnr_model']:.2f} dB (best at iteration {best[0]})")
+            print(f"Run folder: {run}\n  best weights: {ve.fpath}\n  log: {run/'log.jsonl'}\n  loss curve: {run/'loss_curve.png'}\n"
+                  f"  comparison: {run/'comparison.png'}\n  checkpoint: {run/'checkpoint'/'last.json'}")
     return run
 
 # %% ../nbs/09b_train.ipynb #29ad5e35

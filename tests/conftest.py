@@ -185,3 +185,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope='module')
+def store(tmp_path_factory):
+    "A tiny Silver store (48 px patches, at most 6 per image) cut from the first eight bundled photos."
+    from restorekit.core import sample_images
+    from restorekit.silver import SilverStore, build_silver
+    dest = tmp_path_factory.mktemp('silver')
+    build_silver(sample_images()[:8], dest, patch=48, max_per_image=6, verbose=False)
+    return SilverStore(dest)
+
+
+@pytest.fixture(scope='module')
+def valid_imgs() -> list[Path]:
+    "Two bundled photos held out of `store`, for validation."
+    from restorekit.core import sample_images
+    return sample_images()[8:10]

@@ -62,13 +62,13 @@ def tiny_model():
 
 
 class Scripted(ValidateEvery):
-    "Scripted validation values instead of a real validation."
+    "Scripted validation values instead of the real ones."
     def __init__(self, values, **kw):
         super().__init__(**kw)
         self.values = list(values)
 
-    def validate(self):
-        return {self.monitor: self.values.pop(0)}
+    def record(self, it, vals):
+        return self.update(it, self.values.pop(0))
 
 
 class Probe(Callback):

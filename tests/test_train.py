@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 
+import restorekit.train
 from restorekit.callbacks import CheckpointEvery, read_checkpoint
 from restorekit.models import create_model, load_weights
 from restorekit.train import TRAIN_PRESETS, TrainConfig, load_config, train
@@ -178,3 +179,29 @@ def test_finetune_keeps_body_frozen_then_trains_it(tmp_path):
     (b0, h0), (b1, h1) = model_splitter(m0), model_splitter(m1)
     assert all(torch.equal(x, y) for x, y in zip(b0, b1))
     assert not all(torch.equal(x, y) for x, y in zip(h0, h1))
+
+
+# --- threads, workers, the demo preset ------------------------------------------------------------------------------
+
+def test_threads_and_workers(tmp_path, monkeypatch):
+    "`threads` holds during the run (torch's setting is put back after), and DataLoader workers give the same run."
+    seen = []
+    orig = restorekit.train.fit_resumable
+    def spy(learn, *a, **k):
+        seen.append(torch.get_num_threads()); return orig(learn, *a, **k)
+    monkeypatch.setattr(restorekit.train, 'fit_resumable', spy)
+    torch.set_num_threads(2)
+    try:
+        r0 = train(tiny_config('threads=1'), run_dir=tmp_path / 'w0', verbose=False)
+        assert seen == [1] and torch.get_num_threads() == 2
+        r1 = train(tiny_config('threads=1', 'num_workers=1'), run_dir=tmp_path / 'w1', verbose=False)
+    finally: torch.set_num_threads(1)
+    assert _train_losses(r0) == _train_losses(r1)   # the same patches and degradations with a worker process
+    with pytest.raises(ValueError, match='threads must be >= 1'): load_config(preset='demo', overrides=['threads=0'])
+    with pytest.raises(ValueError, match='num_workers must be >= 0'): load_config(preset='demo', overrides=['num_workers=-1'])
+
+
+def test_demo_trains_on_gold_degradations():
+    cfg = load_config(preset='demo')
+    assert cfg.degrade == 'light' and cfg.device == 'cpu' and cfg.threads == 1
+    assert not cfg.loss['lpips'] and not cfg.loss['vgg']      # nothing to download
