@@ -28,7 +28,7 @@ with warnings.catch_warnings():   # fastai 2.8 calls torch.jit.script at import,
     warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
     from fastai.callback.core import Callback, CancelTrainException
     from fastai.callback.hook import module_summary
-    from fastai.callback.schedule import ParamScheduler, LRFinder
+    from fastai.callback.schedule import ParamScheduler
     from fastai.callback.training import GradientClip
     from fastai.data.core import DataLoaders
     from fastai.data.load import DataLoader

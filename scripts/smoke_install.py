@@ -144,7 +144,8 @@ def installed_checks():
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
             from fastai.learner import load_learner
-        dls = restoration_dls(tmp/'silver', sample_images()[8:10], bs=4, patch=32, scale=2, epoch_len=3, valid_crop=64, device='cpu')
+        dls = restoration_dls(tmp/'silver', sample_images()[8:10], bs=4, patch=32, scale=2, degrade='bicubic', epoch_len=3,
+                              valid_crop=64, device='cpu')
         learn = restoration_learner(dls, model_kw={'n_feats': 8, 'n_blocks': 1}, path=tmp/'contract')   # every default
         assert learn.loss_func.term_names == ['l1', 'ms_ssim'], learn.loss_func.term_names        # nothing to download
         with learn.no_bar(), learn.no_logging():
