@@ -576,6 +576,10 @@ def restoration_learner(
     model = model.to(dls.device)
     if loss is None: loss = RestorationLoss(l1=1, ms_ssim=0.2, lpips=0)
     if metrics is None: metrics = default_metrics(scale)
+    if not (lr > 0 and math.isfinite(lr)): raise ValueError(f"lr must be a finite number > 0, got {lr}")
+    if not (wd >= 0 and math.isfinite(wd)): raise ValueError(f"wd (weight decay) must be a finite number >= 0, got {wd}")
+    if grad_clip is not None and not (grad_clip > 0 and math.isfinite(grad_clip)):
+        raise ValueError(f"grad_clip is the largest gradient norm: a number > 0, or None for no clipping; got {grad_clip}")
     if mixed_precision not in (None, 'bf16', 'fp16'): raise ValueError(f"mixed_precision must be 'bf16', 'fp16' or None, got {mixed_precision!r}")
     if hasattr(loss, 'to'): loss = loss.to(dls.device)
     extra = [CosineWarmup(warmup, eta_min)]

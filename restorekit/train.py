@@ -6,7 +6,7 @@ Docs: https://restorekit.github.io/restorekit/train.html.md"""
 
 # %% ../nbs/09b_train.ipynb #d4481624
 from __future__ import annotations
-import dataclasses, difflib, io, json, sys, time, types, typing
+import dataclasses, difflib, io, json, math, sys, time, types, typing
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
@@ -25,10 +25,11 @@ from .losses import RestorationLoss
 from .degrade import PRESETS as DEGRADE_PRESETS
 from .learner import restoration_dls, restoration_learner, default_metrics, image_grid
 from .callbacks import ValidateEvery, NaNGuard, JSONLLogger, FreezeFor, plot_loss_curve, fit_resumable, _valid_values
+from .callbacks import read_checkpoint, CheckpointError
 
 # %% auto #0
-__all__ = ['DEMO_VALID', 'LOSS_TERMS', 'TRAIN_PRESETS', 'TrainConfig', 'check_config', 'load_config', 'torch_threads', 'train',
-           'train_cli']
+__all__ = ['DEMO_VALID', 'LOSS_TERMS', 'TRAIN_PRESETS', 'RUN_OUTPUTS', 'TrainConfig', 'check_config', 'load_config',
+           'torch_threads', 'train', 'train_cli']
 
 # %% ../nbs/09b_train.ipynb #c0f9c193
 DEMO_VALID = ('chelsea.png', 'coffee.png')   # bundled photos held out of the default Silver store, for validation
@@ -124,7 +125,7 @@ def check_config(
             raise TypeError(f"config key {f.name!r} must be {_type_name(_HINTS[f.name])}, got {type(v).__name__} {v!r}")
     for k, w in cfg.loss.items():
         if k not in LOSS_TERMS: raise _unknown(k, LOSS_TERMS, 'loss')
-        if not _type_ok(w, float) or w < 0: raise TypeError(f"loss weight {k!r} must be a number >= 0, got {w!r}")
+        if not _type_ok(w, float) or not w >= 0 or not math.isfinite(w): raise TypeError(f"loss weight {k!r} must be a finite number >= 0, got {w!r}")
     if not any(cfg.loss.get(k, 0) for k in LOSS_TERMS): raise ValueError("all loss weights are 0: set e.g. loss.l1=1")
     if cfg.scale not in (1, 2, 3, 4): raise ValueError(f"scale must be 1, 2, 3 or 4, got {cfg.scale}")
     if cfg.patch % cfg.scale: raise ValueError(f"patch {cfg.patch} is not a multiple of scale {cfg.scale}; use e.g. {cfg.patch - cfg.patch % cfg.scale or cfg.scale}")
@@ -132,12 +133,16 @@ def check_config(
         if getattr(cfg, k) < 1: raise ValueError(f"{k} must be >= 1, got {getattr(cfg, k)}")
     if cfg.threads is not None and cfg.threads < 1: raise ValueError(f"threads must be >= 1 or empty (torch's default), got {cfg.threads}")
     if cfg.num_workers < 0: raise ValueError(f"num_workers must be >= 0, got {cfg.num_workers}")
-    if cfg.lr <= 0: raise ValueError(f"lr must be > 0, got {cfg.lr}")
+    if not (cfg.lr > 0 and math.isfinite(cfg.lr)): raise ValueError(f"lr must be a finite number > 0, got {cfg.lr}")
+    if cfg.grad_clip is not None and not (cfg.grad_clip > 0 and math.isfinite(cfg.grad_clip)):
+        raise ValueError(f"grad_clip is the largest gradient norm: a number > 0, or empty for no clipping; got {cfg.grad_clip}")
+    if cfg.valid_crop is not None and cfg.valid_crop < 1: raise ValueError(f"valid_crop must be >= 1 pixel, or empty for whole images; got {cfg.valid_crop}")
+    if cfg.silver_patch is not None and cfg.silver_patch < 1: raise ValueError(f"silver_patch must be >= 1, got {cfg.silver_patch}")
     if cfg.lr_mult < 1: raise ValueError(f"lr_mult must be >= 1 (the body trains at lr / lr_mult), got {cfg.lr_mult}")
     if not 0 <= cfg.freeze_iters <= cfg.n_iter: raise ValueError(f"freeze_iters must be in [0, n_iter={cfg.n_iter}], got {cfg.freeze_iters}")
     if cfg.mixed_precision not in (None, 'bf16', 'fp16'): raise ValueError(f"mixed_precision must be 'bf16', 'fp16' or empty, got {cfg.mixed_precision!r}")
     if not 0 <= cfg.warmup < 1: raise ValueError(f"warmup is a fraction of the run in [0, 1), got {cfg.warmup}")
-    if cfg.ema is not None and not 0 <= cfg.ema < 1: raise ValueError(f"ema must be in [0, 1) or None, got {cfg.ema}")
+    if cfg.ema is not None and not 0 < cfg.ema < 1: raise ValueError(f"ema is the EMA decay per step: a number in (0, 1), or empty for no EMA; got {cfg.ema}")
     if cfg.degrade not in DEGRADE_PRESETS: raise _unknown(cfg.degrade, DEGRADE_PRESETS, 'degradation preset')
     if cfg.arch not in ARCHS: raise _unknown(cfg.arch, ARCHS, 'architecture')
     if cfg.silver_patch is not None and cfg.silver_patch < cfg.patch:
@@ -247,6 +252,19 @@ def torch_threads(n:int|None):
     try: yield
     finally: torch.set_num_threads(old)
 
+# %% ../nbs/09b_train.ipynb #96478a94
+RUN_OUTPUTS = ('config.yaml', 'log.jsonl', 'loss_curve.png', 'comparison.png', 'summary.json', 'best.safetensors',
+               'checkpoint', 'silver', 'valid_cache')   # what `train` writes in its run folder
+
+def _check_resumable(run:Path, cfg:TrainConfig):
+    "Refuse a resume whose checkpoint is damaged or is of a run of another length, before anything is written."
+    if not (run/'checkpoint'/'last.json').exists(): return
+    try: man = read_checkpoint(run/'checkpoint')['manifest']
+    except CheckpointError as e: raise ValueError(f"cannot resume {str(run)!r}: {e}. Nothing was changed: restore the "
+                                                  "checkpoint folder from a backup, or train again into a new run_dir") from None
+    if man['total'] != cfg.n_iter: raise ValueError(f"cannot resume {str(run)!r}: its checkpoint is of a {man['total']}-iteration run, "
+                                                    f"not {cfg.n_iter}. Nothing was changed: resume without changing n_iter")
+
 # %% ../nbs/09b_train.ipynb #8d71f6cc
 def train(
     config=None,            # `TrainConfig`, YAML path or dict (see `load_config`); with `resume`, None: the run folder's
@@ -261,6 +279,7 @@ def train(
         if not str(run) or not (run/'config.yaml').is_file(): raise FileNotFoundError(
             f"cannot resume: {str(run) or '(no run_dir given)'!r} is not a run folder (no config.yaml); pass the run_dir of the run to resume")
         cfg = load_config(run/'config.yaml') if config is None else (config if isinstance(config, TrainConfig) else load_config(config))
+        _check_resumable(run, cfg)   # before anything is written: a refused resume changes nothing
         if not (run/'checkpoint'/'last.json').exists():   # killed before its first checkpoint: the run starts over
             (run/'log.jsonl').unlink(missing_ok=True)
             if verbose: print(f"{str(run)!r} has no checkpoint yet: starting the run from the beginning")
@@ -268,11 +287,14 @@ def train(
         cfg = config if isinstance(config, TrainConfig) else load_config(config)
         check_config(cfg)
         run = Path(run_dir or cfg.run_dir or f"runs/{cfg.preset or 'train'}-{time.strftime('%Y%m%d-%H%M%S')}")
+        taken = [n for n in RUN_OUTPUTS if (run/n).exists()]
         if (run/'checkpoint'/'last.json').exists(): raise FileExistsError(
             f"{str(run)!r} already holds a training run: pass resume=True (--resume) to continue it, or another run_dir")
+        if taken: raise FileExistsError(f"{str(run)!r} already holds {', '.join(taken)}, which a run would overwrite: "
+                                        "give another run_dir (--run-dir), or an empty folder")
     cfg = _absolute_paths(dataclasses.replace(cfg, run_dir=str(run)))   # the saved config resumes from any folder
     run.mkdir(parents=True, exist_ok=True)
-    (run/'config.yaml').write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+    atomic_write_bytes(run/'config.yaml', yaml.safe_dump(asdict(cfg), sort_keys=False).encode())
     with torch_threads(cfg.threads):
         seed_everything(cfg.seed)
         silver, valid = _silver_and_valid(cfg, run, verbose)
@@ -300,7 +322,7 @@ def train(
         prev = json.loads((run/'summary.json').read_text()) if (run/'summary.json').is_file() else {}
         best = (ve.best_iter, ve.best) if ve.best_iter is not None else (prev.get('best_iter'), prev.get('best_psnr'))
         summary = {**cmp, 'best_iter': best[0], 'best_psnr': best[1], 'n_iter': cfg.n_iter, 'seconds': round(time.time() - t0, 1)}
-        (run/'summary.json').write_text(json.dumps(summary, indent=1))
+        atomic_write_bytes(run/'summary.json', json.dumps(summary, indent=1).encode())
         if verbose:
             print(f"Validation PSNR (Y): bicubic {cmp['psnr_bicubic']:.2f} dB, model {cmp['psnr_model']:.2f} dB (best at iteration {best[0]})")
             print(f"Run folder: {run}\n  best weights: {ve.fpath}\n  log: {run/'log.jsonl'}\n  loss curve: {run/'loss_curve.png'}\n"

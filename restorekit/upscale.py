@@ -34,9 +34,10 @@ def upscale_targets(
     ext = None if ext is None else '.' + ext.lower().lstrip('.')
     if ext is not None and ext not in IMAGE_EXTS: raise ValueError(f"unknown output format {ext!r}; use one of {', '.join(IMAGE_EXTS)}")
     def dst_for(rel:Path) -> Path: return outdir/rel.with_name(rel.stem + suffix + (ext or rel.suffix))
+    out_res = outdir.resolve()
     for i in map(Path, inputs):
-        if i.is_dir():
-            files = sorted(p for p in i.rglob('*') if p.is_file() and not p.name.startswith('.'))
+        if i.is_dir():   # files under the output folder are earlier outputs, not inputs (-o inside an input folder)
+            files = sorted(p for p in i.rglob('*') if p.is_file() and not p.name.startswith('.') and out_res not in p.resolve().parents)
             for p in files:
                 if p.suffix.lower() in IMAGE_EXTS: pairs.append((p, dst_for(Path(i.resolve().name)/p.relative_to(i))))
                 else: ignored.append(p)
@@ -60,10 +61,11 @@ def upscale_batch(
 ) -> dict:                  # `written`, `skipped` and `failed` lists, `seconds`
     "Upscale each file of a batch, skipping existing outputs and reporting unreadable files instead of stopping."
     rep, t0 = {'written': [], 'skipped': [], 'failed': []}, time.time()
+    inputs = {Path(s).resolve() for s, _ in pairs}
     for src, dst in (progress_bar(pairs, leave=False) if progress and len(pairs) > 1 else pairs):
         src, dst = Path(src), Path(dst)
-        if dst.resolve() == src.resolve():
-            rep['skipped'].append({'file': str(src), 'reason': 'the output would overwrite the input'}); continue
+        if dst.resolve() in inputs:   # its own input or another one of the batch: never, even with overwrite
+            rep['skipped'].append({'file': str(src), 'reason': f'the output {dst} would overwrite an input'}); continue
         if dst.exists() and not overwrite:
             rep['skipped'].append({'file': str(src), 'reason': f'{dst} exists (pass --overwrite to replace it)'}); continue
         try: upscale_file(model, src, dst, overwrite=overwrite, **restore_kw)

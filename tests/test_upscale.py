@@ -75,7 +75,7 @@ def test_folder_with_bad_files(folder, model_file, tmp_path):
 def test_never_overwrites_inputs(folder, model_file):
     r = run(folder / 'rgb.png', '-o', folder, '--model', model_file[0], '--overwrite')
     assert r.returncode == 0 and '0 written, 1 skipped' in r.stdout
-    assert 'would overwrite the input' in r.stderr
+    assert 'would overwrite an input' in r.stderr
     assert load_image(folder / 'rgb.png').shape == (3, 37, 29)
 
 
