@@ -17,7 +17,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 # %% auto #0
-__all__ = ['DEFAULT_MAX_PIXELS', 'SAMPLE_NAMES', 'ImageReadError', 'load_image', 'atomic_write_bytes', 'save_image',
+__all__ = ['DEFAULT_MAX_PIXELS', 'SAMPLE_NAMES', 'ImageReadError', 'load_image', 'atomic_write_bytes', 'parse_yaml', 'save_image',
            'default_device', 'seed_everything', 'shared_data', 'sample_images']
 
 # %% ../nbs/00_core.ipynb #09f9febe
@@ -150,6 +150,19 @@ def atomic_write_bytes(
     except BaseException:
         Path(tmp).unlink(missing_ok=True); raise
     return path
+
+# %% ../nbs/00_core.ipynb #eab32496
+def parse_yaml(
+    text:str,   # YAML text (a file's content, or a command-line value)
+    what:str,   # What it is, for the message (e.g. "config file 'a.yaml'", "--model-kw")
+):
+    "Parse YAML, turning a syntax error into a one-line `ValueError` that names `what` and the line and column."
+    import yaml
+    try: return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        m = getattr(e, 'problem_mark', None)
+        where = f" at line {m.line + 1}, column {m.column + 1}" if m is not None else ''
+        raise ValueError(f"{what} is not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
 
 # %% ../nbs/00_core.ipynb #fdb01c9c
 _EXT_16 = ('.png', '.tif', '.tiff')

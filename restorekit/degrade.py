@@ -603,6 +603,8 @@ class Degrader:
     ):
         self.cfg = preset(config) if isinstance(config, str) else config.validate()
         if seed is None: seed = int(torch.randint(0, 2**62, (1,)).item())
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise TypeError(f"Degrader: seed must be a whole number >= 0 or None, got {seed!r}")
         self.seed, self.gen = seed, torch.Generator().manual_seed(seed)
 
     def __repr__(self): return f"Degrader(pipeline={self.cfg.pipeline!r}, scale={self.cfg.scale}, usm={self.cfg.usm}, seed={self.seed})"
@@ -642,6 +644,9 @@ class Degrader:
         profile:dict|None=None, # If a dict, seconds per step are added to it (syncing the device around each step)
     ):
         "Degrade `hr`; return `(lq, hq)`, or `(lq, hq, records)` with `record=True`."
+        if isinstance(hr, torch.Tensor) and hr.device.type == 'cpu' and hr.dtype in (torch.float16, torch.bfloat16):   # CPU half kernels crawl (a depthwise
+            out = self(hr.float(), record, check, profile)                       # conv took > 60 s): compute in float32
+            return (out[0].to(hr.dtype), out[1].to(hr.dtype), *out[2:])
         cfg, s = self.cfg, self.cfg.scale
         self._prof, self._dev = profile, hr.device
         if check:

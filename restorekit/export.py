@@ -17,7 +17,7 @@ import yaml
 from fastcore.script import call_parse
 
 from . import __version__
-from .core import atomic_write_bytes
+from .core import atomic_write_bytes, parse_yaml
 from .models import create_model, load_trained, save_weights, trained_config
 
 # %% auto #0
@@ -147,7 +147,7 @@ def _trained_info(path, arch=None, scale=None, model_kw=None) -> dict:
 
 def _parse_kw(s) -> dict|None:
     if s is None: return None
-    kw = yaml.safe_load(s)
+    kw = parse_yaml(s, '--model-kw')
     if not isinstance(kw, dict): raise ValueError(f"--model-kw must be a YAML mapping such as '{{n_feats: 16, n_blocks: 4}}', got {s!r}")
     return kw
 

@@ -39,8 +39,10 @@ def _model_dtype(model:nn.Module) -> torch.dtype:
 def is_oom(
     e:BaseException,   # An exception
 ) -> bool:
-    "Whether `e` is an out-of-memory error: CUDA's `OutOfMemoryError`, or a `RuntimeError` saying 'out of memory' (MPS, cuDNN)."
-    return isinstance(e, torch.cuda.OutOfMemoryError) or (isinstance(e, RuntimeError) and 'out of memory' in str(e).lower())
+    "Whether `e` is an out-of-memory error: CUDA's `OutOfMemoryError`, a `MemoryError`, or a `RuntimeError` saying so (MPS, cuDNN, the CPU allocator)."
+    if isinstance(e, (torch.cuda.OutOfMemoryError, MemoryError)): return True
+    msg = str(e).lower()
+    return isinstance(e, RuntimeError) and ('out of memory' in msg or "can't allocate memory" in msg)   # the last: DefaultCPUAllocator
 
 def _empty_cache(dev:torch.device):
     if dev.type == 'cuda' and torch.cuda.is_available(): torch.cuda.empty_cache()

@@ -6,7 +6,7 @@ Docs: https://restorekit.github.io/restorekit/silver.html.md"""
 
 # %% ../nbs/01_silver.ipynb #0b35f01b
 from __future__ import annotations
-import bisect, json, os, sys, time, warnings, zlib
+import bisect, json, os, sys, threading, time, warnings, zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, asdict
 from multiprocessing import get_context
@@ -177,12 +177,19 @@ def _prepare_dest(dest:Path, params:SilverParams, overwrite:bool) -> list[dict]:
     return journal
 
 # %% ../nbs/01_silver.ipynb #70d0ef03
+def _exit_with_parent(parent:int):
+    "Worker initializer: end this process within a second of its parent's death (a SIGKILLed build cannot stop its workers)."
+    def watch():
+        while os.getppid() == parent: time.sleep(0.5)
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True, name='restorekit-exit-with-parent').start()
+
 def _imap_ordered(fn, items, n_workers:int, window:int=8):
     "Map `fn(*item)` over `items` in order, in `n_workers` processes (0: here), holding at most `window` results."
     if n_workers <= 0:
         for it in items: yield fn(*it)
         return
-    with ProcessPoolExecutor(n_workers, mp_context=get_context('spawn')) as ex:
+    with ProcessPoolExecutor(n_workers, mp_context=get_context('spawn'), initializer=_exit_with_parent, initargs=(os.getpid(),)) as ex:
         futs, it = [], iter(items)
         for x in it:
             futs.append(ex.submit(fn, *x))

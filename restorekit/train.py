@@ -16,7 +16,7 @@ import yaml
 from typing import Annotated
 from fastcore.script import call_parse
 
-from .core import sample_images, seed_everything, atomic_write_bytes
+from .core import sample_images, seed_everything, atomic_write_bytes, parse_yaml
 from .silver import build_silver, SilverStore
 from .imresize import imresize
 from .metrics import psnr
@@ -143,6 +143,11 @@ def check_config(
     if cfg.mixed_precision not in (None, 'bf16', 'fp16'): raise ValueError(f"mixed_precision must be 'bf16', 'fp16' or empty, got {cfg.mixed_precision!r}")
     if not 0 <= cfg.warmup < 1: raise ValueError(f"warmup is a fraction of the run in [0, 1), got {cfg.warmup}")
     if cfg.ema is not None and not 0 < cfg.ema < 1: raise ValueError(f"ema is the EMA decay per step: a number in (0, 1), or empty for no EMA; got {cfg.ema}")
+    if cfg.device is not None:
+        try: dev = torch.device(cfg.device)
+        except RuntimeError: raise ValueError(f"device {cfg.device!r} is not a device name: use e.g. cpu, cuda, cuda:1, mps, or leave it empty") from None
+        if dev.type == 'cuda' and not torch.cuda.is_available(): raise ValueError(f"device {cfg.device!r}: no CUDA GPU is available here; use device=cpu or leave it empty")
+        if dev.type == 'mps' and not torch.backends.mps.is_available(): raise ValueError(f"device {cfg.device!r}: MPS is not available here; use device=cpu or leave it empty")
     if cfg.degrade not in DEGRADE_PRESETS: raise _unknown(cfg.degrade, DEGRADE_PRESETS, 'degradation preset')
     if cfg.arch not in ARCHS: raise _unknown(cfg.arch, ARCHS, 'architecture')
     if cfg.silver_patch is not None and cfg.silver_patch < cfg.patch:
@@ -171,7 +176,8 @@ def _override(d:dict, s:str) -> dict:
     "Apply one `a.b=value` override to the config dict `d` (the value parsed as YAML)."
     if '=' not in s: raise ValueError(f"override {s!r} is not of the form key=value (e.g. n_iter=500, loss.l1=1)")
     key, val = s.split('=', 1)
-    key, val = key.strip(), yaml.safe_load(val) if val.strip() else None
+    key = key.strip()
+    val = parse_yaml(val, f'the value of override {s!r}') if val.strip() else None
     top, *rest = key.split('.')
     if top not in d: raise _unknown(top, list(d))
     if not rest: d[top] = val; return d
@@ -191,7 +197,7 @@ def load_config(
     elif isinstance(src, (str, Path)):
         p = Path(src)
         if not p.is_file(): raise FileNotFoundError(f"config file {str(p)!r} does not exist")
-        src = yaml.safe_load(p.read_text()) or {}
+        src = parse_yaml(p.read_text(), f'config file {str(p)!r}') or {}
         if not isinstance(src, dict): raise ValueError(f"config file {str(p)!r} must hold a mapping of keys to values")
     src = dict(src or {})
     preset = preset or src.get('preset')
@@ -349,7 +355,7 @@ def train_cli(
         else:
             if preset is None and config is None: raise ValueError(f"give --preset ({', '.join(TRAIN_PRESETS)}) and/or --config FILE")
             train(load_config(config, ov, preset=preset), run_dir=run_dir)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as e: sys.exit(f"restorekit-train: error: {e}")
+    except (ValueError, TypeError, OSError) as e: sys.exit(f"restorekit-train: error: {e}")   # OSError: also an unreadable image
 
 # %% ../nbs/09b_train.ipynb #eaf7d688
 if __name__ == '__main__' and callable(train_cli) and Path(globals().get('__file__', '')).name == 'train.py': train_cli()   # `python -m restorekit.train`

@@ -6,17 +6,17 @@ Docs: https://restorekit.github.io/restorekit/upscale.html.md"""
 
 # %% ../nbs/10b_upscale.ipynb #28c822db
 from __future__ import annotations
-import argparse, json, sys, time, warnings
+import argparse, json, sys, tempfile, time, warnings
 from pathlib import Path
 
 import torch
 import yaml
 from fastprogress.fastprogress import progress_bar
 
-from .core import ImageReadError, atomic_write_bytes
+from .core import ImageReadError, atomic_write_bytes, parse_yaml
 from .silver import IMAGE_EXTS
 from .models import load_trained
-from .inference import upscale_file, receptive_field
+from .inference import upscale_file, receptive_field, is_oom
 
 # %% auto #0
 __all__ = ['upscale_targets', 'upscale_batch', 'seamless_overlap', 'upscale_cli', 'main']
@@ -69,7 +69,9 @@ def upscale_batch(
         if dst.exists() and not overwrite:
             rep['skipped'].append({'file': str(src), 'reason': f'{dst} exists (pass --overwrite to replace it)'}); continue
         try: upscale_file(model, src, dst, overwrite=overwrite, **restore_kw)
-        except _FILE_ERRORS as e: rep['failed'].append({'file': str(src), 'reason': f'{type(e).__name__}: {e}'}); continue
+        except Exception as e:   # a bad file, an unwritable output, or an image too large even in the smallest tiles
+            if not (isinstance(e, _FILE_ERRORS) or is_oom(e)): raise
+            rep['failed'].append({'file': str(src), 'reason': f'{type(e).__name__}: {e}'.split('\n')[0]}); continue
         rep['written'].append({'file': str(src), 'output': str(dst)})
     rep['seconds'] = round(time.time() - t0, 2)
     return rep
@@ -119,14 +121,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--quiet', action='store_true', help='no progress bar')
     return p
 
+def _report_path(out:Path, overwrite:bool) -> Path:
+    "`upscale_report.json`, or (when it exists and `overwrite` is off) the first free `upscale_report-N.json`: an earlier report is kept."
+    p, n = out/'upscale_report.json', 1
+    while p.exists() and not overwrite: p, n = out/f'upscale_report-{n}.json', n + 1
+    return p
+
+def _check_writable(out:Path):
+    "Create the output folder and make sure files can be written in it, before any work is done."
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix='.restorekit-write-check-'): pass
+    except OSError as e: raise OSError(f"cannot write in the output folder {str(out)!r} ({e.strerror or e}): choose another -o") from None
+
 def upscale_cli(argv:list|None=None) -> int:
     "Entry point of `restorekit-upscale`; returns the exit status."
     from restorekit.core import default_device
     a = _parser().parse_args(argv)
     try:
-        kw = yaml.safe_load(a.model_kw) if a.model_kw else None
+        kw = parse_yaml(a.model_kw, '--model-kw') if a.model_kw else None
         if kw is not None and not isinstance(kw, dict): raise ValueError(f"--model-kw must be a YAML mapping, got {a.model_kw!r}")
         pairs, ignored = upscale_targets(a.inputs, a.outdir, a.ext, a.suffix)
+        _check_writable(Path(a.outdir))
         dev = torch.device(a.device) if a.device else default_device()
         model = load_trained(a.model, a.arch, a.scale, kw, device=dev)
     except (ValueError, TypeError, OSError, RuntimeError) as e:
@@ -136,12 +152,14 @@ def upscale_cli(argv:list|None=None) -> int:
     rep = upscale_batch(model, pairs, overwrite=a.overwrite, progress=not a.quiet, tile=a.tile, overlap=overlap, rf=rf,
                         blend=a.blend, batch_tiles=a.batch_tiles, device=dev)
     rep['ignored'] = [str(p) for p in ignored]
-    out = Path(a.outdir); out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out/'upscale_report.json', json.dumps(rep, indent=1).encode())
-    print(f"{len(rep['written'])} written, {len(rep['skipped'])} skipped, {len(rep['failed'])} failed "
-          f"in {rep['seconds']:.1f} s -> {out} (report: {out/'upscale_report.json'})")
-    for f in rep['failed']: print(f"  failed: {f['file']}: {f['reason']}", file=sys.stderr)
+    out = Path(a.outdir)
+    for f in rep['failed']: print(f"  failed: {f['file']}: {f['reason']}", file=sys.stderr)   # first: nothing below can lose them
     for f in rep['skipped']: print(f"  skipped: {f['file']}: {f['reason']}", file=sys.stderr)
+    rp = _report_path(out, a.overwrite)
+    try: atomic_write_bytes(rp, json.dumps(rep, indent=1).encode()); where = f"report: {rp}"
+    except OSError as e: where = f"the report could not be written: {e}"
+    print(f"{len(rep['written'])} written, {len(rep['skipped'])} skipped, {len(rep['failed'])} failed "
+          f"in {rep['seconds']:.1f} s -> {out} ({where})")
     return 1 if rep['failed'] else 0
 
 def main(): sys.exit(upscale_cli())

@@ -64,10 +64,11 @@ def test_upscale_output_inside_input_is_not_fed_back(tmp_path, model_file):
     d = tmp_path / 'in'; photos(d, 'a.png', 'b.png')
     r1 = upscale(d, '-o', d / 'out', '--model', model_file)
     assert r1.returncode == 0, r1.stderr
-    first = {p: h for p, h in hashes(d).items() if p.name != 'upscale_report.json'}   # the report is rewritten (see issue 12)
+    first = hashes(d)
     r2 = upscale(d, '-o', d / 'out', '--model', model_file)
     assert r2.returncode == 0 and '0 written, 2 skipped' in r2.stdout, r2.stdout
     assert unchanged(first) and not list((d / 'out').rglob('out'))   # no in/out/in/out/...
+    assert (d / 'out' / 'upscale_report-1.json').is_file()            # the first run's report is kept
 
 
 def test_train_refuses_a_folder_it_did_not_write(tmp_path):
@@ -117,3 +118,145 @@ def test_learner_refuses_negative_grad_clip(store, valid_imgs):
     for kw, msg in (({'grad_clip': -1.0}, 'grad_clip'), ({'lr': 0.0}, 'lr must be'), ({'wd': -1e-4}, 'wd')):
         with pytest.raises(ValueError, match=msg):
             restoration_learner(dls, model_kw={'n_feats': 8, 'n_blocks': 1}, metrics=default_metrics(2, lpips=False), **kw)
+
+
+def test_degrader_half_precision_on_cpu_does_not_hang():
+    "Item 6: float16/bfloat16 CPU input is degraded in float32 (it used to spin > 60 s in a depthwise conv)."
+    code = ("import torch, time\nfrom restorekit.degrade import Degrader\n"
+            "hr = torch.rand(2, 3, 96, 96)\n"
+            "for dt in (torch.float16, torch.bfloat16):\n"
+            "    lq, hq = Degrader('realesrgan', seed=0)(hr.to(dt))\n"
+            "    ref = Degrader('realesrgan', seed=0)(hr.to(dt).float())\n"
+            "    assert lq.dtype == hq.dtype == dt, (lq.dtype, hq.dtype)\n"
+            "    assert torch.equal(lq, ref[0].to(dt)) and torch.equal(hq, ref[1].to(dt))\n"
+            "print('ok')\n")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and 'ok' in r.stdout, r.stderr[-2000:]
+
+
+class OOMOnFlat(torch.nn.Module):
+    "x2 nearest upscaling that runs out of CPU memory (as PyTorch's allocator says it) on a flat mid-gray input, whatever its size."
+    def forward(self, x):
+        if bool(x.amax() - x.amin() < 1e-6) and 0.4 < float(x.mean()) < 0.6:   # not the zero probe of `infer_scale`
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:116] . DefaultCPUAllocator: can't allocate memory: "
+                               "you tried to allocate 1099511627776 bytes. Error code 12 (Cannot allocate memory)")
+        return torch.nn.functional.interpolate(x, scale_factor=2, mode='nearest')
+
+
+def test_upscale_batch_goes_on_after_cpu_out_of_memory(tmp_path):
+    "Item 7: one image that exhausts CPU memory (even in the smallest tiles) is reported; the others are written."
+    from restorekit.upscale import upscale_batch
+    photos(tmp_path / 'in', 'ok.png')
+    save_image(torch.full((3, 64, 64), 0.5), tmp_path / 'in' / 'huge.png')
+    pairs = [(tmp_path / 'in' / n, tmp_path / 'out' / n) for n in ('huge.png', 'ok.png')]
+    with pytest.warns(RuntimeWarning, match='out of memory on cpu'):   # it backs off to smaller tiles first
+        rep = upscale_batch(OOMOnFlat(), pairs, progress=False, tile=64, overlap=4, device='cpu')
+    assert [f['file'] for f in rep['failed']] == [str(pairs[0][0])] and 'out of memory' in rep['failed'][0]['reason']
+    assert [w['file'] for w in rep['written']] == [str(pairs[1][0])] and pairs[1][1].is_file()
+
+
+def test_upscale_refuses_an_unwritable_output_folder_up_front(tmp_path, model_file):
+    "Item 8: the output folder is checked before any image is processed; a one-line error, no traceback."
+    photos(tmp_path / 'in', 'a.png')
+    r = upscale(tmp_path / 'in', '-o', '/proc/self', '--model', model_file)   # a folder nobody, not even root, can write in
+    assert r.returncode == 2 and 'cannot write in the output folder' in r.stderr and 'Traceback' not in r.stderr, r.stderr
+
+
+def _alive(pid: int) -> bool:
+    "Whether `pid` runs (a zombie, dead but not yet reaped by init, counts as dead)."
+    try: return Path(f'/proc/{pid}/status').read_text().split('State:')[1].split()[0] != 'Z'
+    except (FileNotFoundError, IndexError): return False
+
+
+@pytest.mark.skipif(not Path('/proc/self/task').is_dir(), reason='reads child processes from /proc (Linux)')
+def test_silver_workers_die_with_a_killed_build(tmp_path, photos_writer):
+    "Item 9: SIGKILL of a Silver build with decoding workers leaves no worker running (they used to live >= 30 s)."
+    import os, signal, time
+    src = tmp_path / 'src'; photos_writer(src, 60, h=256, w=320)
+    code = "import sys, restorekit.silver as s; s.build_silver(sys.argv[1], sys.argv[2], patch=64, n_workers=2, verbose=False)"
+    proc = subprocess.Popen([sys.executable, '-c', code, str(src), str(tmp_path / 'dest')], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    kids, deadline = set(), time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline and proc.poll() is None and len(kids) < 3:   # 2 workers + the resource tracker
+            for t in Path(f'/proc/{proc.pid}/task').iterdir():
+                try: kids |= {int(k) for k in (t / 'children').read_text().split()}
+                except FileNotFoundError: pass
+            time.sleep(0.05)
+        assert proc.poll() is None and len(kids) >= 2, f"the build ended before its workers could be seen: {proc.stderr.read()!r}"
+        time.sleep(0.5)                      # the workers are decoding
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        end = time.monotonic() + 10
+        while time.monotonic() < end and any(_alive(k) for k in kids): time.sleep(0.1)
+        assert not [k for k in kids if _alive(k)], 'worker processes outlived the killed build by more than 10 s'
+    finally:
+        if proc.poll() is None: proc.kill()
+        proc.stderr.close()
+        for k in kids:
+            if _alive(k): os.kill(k, signal.SIGKILL)
+
+
+@pytest.mark.parametrize('args, msg', [
+    (['--preset', 'demo', '--config', '{cfg}'], "config file '{cfg}' is not valid YAML at line 3"),
+    (['--preset', 'demo', '--set', 'model_kw={{n_feats: 4'], "the value of override 'model_kw={{n_feats: 4' is not valid YAML"),
+    (['--preset', 'demo', '--set', 'valid={bad}', '--run-dir', '{run}'], "cannot read image '{bad}'"),
+    (['--preset', 'demo', '--set', 'device=cuda'], 'no CUDA GPU is available here'),
+    (['--preset', 'demo', '--set', 'device=gpu0'], 'is not a device name'),
+])
+def test_train_cli_one_line_errors(tmp_path, args, msg):
+    "Item 10: a YAML syntax error, a corrupt validation image, a CUDA device without a GPU: one line, no traceback."
+    if 'cuda' in ' '.join(args) and torch.cuda.is_available(): pytest.skip('a GPU is present')
+    (tmp_path / 'c.yaml').write_text('n_iter: 5\nlr: [1e-3\n')
+    (tmp_path / 'bad.png').write_bytes(b'\x89PNG\r\n\x1a\n' + b'\0' * 40)
+    fmt = dict(cfg=tmp_path / 'c.yaml', bad=tmp_path / 'bad.png', run=tmp_path / 'run')
+    r = subprocess.run([sys.executable, '-m', 'restorekit.train', *[a.format(**fmt) for a in args]], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode != 0 and 'Traceback' not in r.stderr, r.stderr[-3000:]
+    assert msg.format(**fmt) in r.stderr, r.stderr[-3000:]
+    assert len(r.stderr.strip().splitlines()) <= 3, r.stderr
+
+
+def test_model_kw_yaml_errors_name_the_option(tmp_path, model_file):
+    photos(tmp_path / 'in', 'a.png')
+    r = upscale(tmp_path / 'in', '-o', tmp_path / 'o', '--model', model_file, '--model-kw', '{n_feats: 8')
+    assert r.returncode == 2 and '--model-kw is not valid YAML' in r.stderr and 'Traceback' not in r.stderr, r.stderr
+
+
+def test_degrader_seed_must_be_a_whole_number():
+    from restorekit.degrade import Degrader
+    for bad in ('a', 1.5, -1, True):
+        with pytest.raises(TypeError, match='seed must be a whole number'): Degrader('bicubic', seed=bad)
+
+
+# --- the rule, as a property: random layouts of inputs, outputs, suffixes and existing files ---------------------------
+from hypothesis import HealthCheck, given, settings, strategies as st   # noqa: E402
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(outdir=st.sampled_from(['out', 'in', 'in/out', 'in/sub', 'in/sub/deeper']), suffix=st.sampled_from(['', '_x2']),
+       ext=st.sampled_from([None, 'png', 'jpg']), overwrite=st.booleans(), as_files=st.booleans(),
+       existing=st.sets(st.sampled_from(['a', 'a_x2', 'c', 'c_x2', 'notes', 'upscale_report']), max_size=4),
+       data=st.data())
+def test_upscale_never_touches_what_it_did_not_write(tmp_path_factory, model_file, outdir, suffix, ext, overwrite, as_files, existing, data):
+    """restorekit never modifies or deletes a file it did not create in this run, except with --overwrite, and never an input:
+    every input is byte-identical after any run; every other file that existed before is unchanged unless --overwrite."""
+    from restorekit.upscale import upscale_cli
+    root = tmp_path_factory.mktemp('rule')
+    photos(root / 'in', 'a.png', 'a_x2.png'); photos(root / 'in' / 'sub', 'c.png')
+    out = root / outdir
+    out.mkdir(parents=True, exist_ok=True)
+    for name in existing:   # files already in the output folder (the user's), some with the names outputs would get
+        f = out / (name + ('.json' if name == 'upscale_report' else '.' + (ext or 'png')))
+        if not f.exists(): f.write_bytes(b'user data ' + name.encode())
+    ins = [root / 'in' / 'a.png', root / 'in' / 'a_x2.png', root / 'in' / 'sub' / 'c.png'] if as_files else [root / 'in']
+    ins = data.draw(st.lists(st.sampled_from(ins), min_size=1, max_size=3, unique=True))
+    inputs = {p for i in ins for p in ([i] if i.is_file() else i.rglob('*')) if p.is_file() and out not in p.parents}
+    argv = [*map(str, ins), '-o', str(out), '--model', str(model_file), '--suffix', suffix, '--quiet']
+    argv += (['--ext', ext] if ext else []) + (['--overwrite'] if overwrite else [])
+    before = hashes(root)
+    upscale_cli(argv)
+    after = hashes(root)
+    for p in inputs: assert after.get(p) == before[p], f"input {p} changed: {argv}"
+    for p, h in before.items():
+        if not overwrite: assert after.get(p) == h, f"{p} existed and was changed without --overwrite: {argv}"
+        else: assert p in after, f"{p} was deleted: {argv}"
