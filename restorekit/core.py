@@ -6,7 +6,7 @@ Docs: https://restorekit.github.io/restorekit/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #77e75539
 from __future__ import annotations
-import os, random, tempfile, threading, warnings
+import functools, os, random, sys, tempfile, threading, warnings
 from pathlib import Path
 
 from io import BytesIO
@@ -17,8 +17,8 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 # %% auto #0
-__all__ = ['DEFAULT_MAX_PIXELS', 'SAMPLE_NAMES', 'ImageReadError', 'load_image', 'atomic_write_bytes', 'parse_yaml', 'save_image',
-           'default_device', 'seed_everything', 'shared_data', 'sample_images']
+__all__ = ['DEFAULT_MAX_PIXELS', 'SAMPLE_NAMES', 'ImageReadError', 'load_image', 'atomic_write_bytes', 'parse_yaml',
+           'one_line_warnings', 'save_image', 'default_device', 'seed_everything', 'shared_data', 'sample_images']
 
 # %% ../nbs/00_core.ipynb #09f9febe
 class ImageReadError(OSError):
@@ -164,8 +164,23 @@ def parse_yaml(
         where = f" at line {m.line + 1}, column {m.column + 1}" if m is not None else ''
         raise ValueError(f"{what} is not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
 
+# %% ../nbs/00_core.ipynb #1bfd2e4a
+def one_line_warnings(
+    prog:str,  # The command's name, e.g. 'restorekit-upscale'
+):
+    "Decorator for command-line entry points: warnings print as one `prog: warning: ...` line, without source lines."
+    def deco(f):
+        @functools.wraps(f)
+        def _f(*args, **kwargs):
+            with warnings.catch_warnings():
+                warnings.showwarning = lambda msg, cat, *_, file=None, line=None: print(f"{prog}: warning: {msg}", file=file or sys.stderr)
+                return f(*args, **kwargs)
+        return _f
+    return deco
+
 # %% ../nbs/00_core.ipynb #fdb01c9c
 _EXT_16 = ('.png', '.tif', '.tiff')
+_NO_ALPHA = ('.jpg', '.jpeg')
 
 def save_image(
     img:torch.Tensor,  # `(C,H,W)` or `(H,W)` with C in 1/3/4: float in [0,1] (clamped) or uint8
@@ -186,6 +201,9 @@ def save_image(
     if img.dtype == torch.uint8: img = img.float() / 255
     elif not img.is_floating_point(): raise TypeError(f"img must be float in [0,1] or uint8, got {img.dtype}")
     if not torch.isfinite(img).all(): raise ValueError(f"img has NaN/Inf values; refusing to write {path}")
+    if img.shape[0] == 4 and ext in _NO_ALPHA:  # JPEG has no alpha channel: say so when it held transparency
+        if (img[3] < 1).any(): warnings.warn(f"{str(path)!r}: {ext[1:].upper()} has no alpha channel; transparency dropped (write .png, .webp or .tif to keep it)")
+        img = img[:3]
     arr = img.float().clamp(0, 1).permute(1, 2, 0).numpy()
     arr = (arr * (65535 if bits == 16 else 255) + 0.5).astype(np.uint16 if bits == 16 else np.uint8)
     if arr.shape[2] == 3: arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)

@@ -6,7 +6,7 @@ Docs: https://restorekit.github.io/restorekit/export.html.md"""
 
 # %% ../nbs/11_export.ipynb #f7306878
 from __future__ import annotations
-import copy, importlib, io, json, sys, warnings
+import contextlib, copy, importlib, io, json, sys, warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -17,7 +17,7 @@ import yaml
 from fastcore.script import call_parse
 
 from . import __version__
-from .core import atomic_write_bytes, parse_yaml
+from .core import atomic_write_bytes, one_line_warnings, parse_yaml
 from .models import create_model, load_trained, save_weights, trained_config
 
 # %% auto #0
@@ -89,6 +89,13 @@ def onnx_max_abs_diff(
     return out
 
 # %% ../nbs/11_export.ipynb #3c528675
+def _opset_range(dynamo:bool) -> tuple[int, int]:
+    "The opsets this torch's exporter writes (from torch.onnx's constants; conservative defaults if they move)."
+    try: from torch.onnx import _constants as c
+    except ImportError: return (18 if dynamo else 7), (20 if dynamo else 17)
+    return ((18, getattr(c, 'ONNX_MAX_OPSET', 20)) if dynamo else
+            (getattr(c, 'ONNX_MIN_OPSET', 7), getattr(c, 'ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET', 17)))
+
 def export_onnx(
     model:nn.Module,          # A restorekit model (any device/dtype: a float32 CPU copy is exported)
     path,                     # Destination file, ending in `.onnx` (written atomically)
@@ -107,13 +114,16 @@ def export_onnx(
     if path.is_dir(): raise IsADirectoryError(f"ONNX path {str(path)!r} is a folder: give a file name ending in .onnx")
     if path.suffix.lower() != '.onnx': raise ValueError(f"ONNX path {str(path)!r} must end in .onnx")
     if dynamo and opset < 18: raise ValueError(f"the dynamo exporter writes opset 18 or later, got opset={opset}: pass opset>=18 or dynamo=False")
+    lo, hi = _opset_range(dynamo)
+    if not isinstance(opset, int) or not lo <= opset <= hi:
+        raise ValueError(f"opset={opset!r} is not one this torch's {'dynamo' if dynamo else 'TorchScript'} exporter writes ({lo} to {hi}); pass an opset (--opset) between them (default 17)")
     if check: _require('onnxruntime', 'The numerical check of an ONNX export (pass check=False / --no-check to skip it)')
     onnx = _require('onnx', 'ONNX export')
     m = _plain_model(model)
     x = torch.rand(1, channels, example_size, example_size, generator=torch.Generator().manual_seed(0))
     exporter = 'dynamo' if dynamo else 'torchscript'
     try:
-        proto = _export_proto(m, x, opset, dynamic, dynamo)
+        with contextlib.redirect_stdout(io.StringIO()): proto = _export_proto(m, x, opset, dynamic, dynamo)  # torch prints whole graphs on failure
         onnx.checker.check_model(proto)
     except ImportError: raise
     except Exception as e:
@@ -153,6 +163,7 @@ def _parse_kw(s) -> dict|None:
 
 # %% ../nbs/11_export.ipynb #dbe5ed20
 @call_parse
+@one_line_warnings('restorekit-export')
 def export_cli(
     model:str,                 # Weights file (.safetensors, .pth) or a run folder of restorekit-train
     onnx:Annotated[str, "Where to write the ONNX model (a file ending in .onnx)", {'required': True}]=None,
@@ -161,6 +172,7 @@ def export_cli(
     model_kw:str=None,         # Architecture options as YAML, e.g. '{n_feats: 16, n_blocks: 4}'
     opset:int=17,              # ONNX opset
     check:bool=True,           # --no-check: skip comparing ONNX Runtime with PyTorch before writing
+    overwrite:bool=False,      # Replace an existing --onnx file
 ):
     "Export a trained model to ONNX (dynamic batch, height and width), checked against PyTorch with ONNX Runtime."
     try:
@@ -168,6 +180,7 @@ def export_cli(
         dest = Path(onnx).expanduser()
         if dest.is_dir(): raise IsADirectoryError(f"--onnx {onnx!r} is a folder: give a file name ending in .onnx")
         if dest.suffix.lower() != '.onnx': raise ValueError(f"--onnx {onnx!r} must end in .onnx")
+        if dest.exists() and not overwrite: raise FileExistsError(f"--onnx {onnx!r} exists: give another file name, or --overwrite to replace it")
         net = load_trained(model, arch, scale, kw)
         r = export_onnx(net, dest, opset=opset, check=check, metadata=_trained_info(model, arch, scale, kw))
     except (ValueError, TypeError, KeyError, OSError, ImportError, ONNXExportError) as e: sys.exit(f"restorekit-export: error: {e}")

@@ -300,6 +300,8 @@ def _lpips_forward(self:LPIPS,
     "LPIPS distance between `x` and `y`, sample by sample."
     self._check_input(x, 'x'); self._check_input(y, 'y')
     if x.shape != y.shape: raise ValueError(f"x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+    dt = self.heads[0].weight.dtype  # float64 / float16 inputs run in the module's dtype (convert it with .double() to keep float64)
+    x, y = x.to(dt), y.to(dt)
     gx, gy = (torch.is_grad_enabled() and t.requires_grad for t in (x, y))
     spatial, B, out, k = (tuple(x.shape[-2:]) if self.spatial else None), x.shape[0], 0, 0
     with torch.set_grad_enabled(gx or gy):

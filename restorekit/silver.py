@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from fastcore.script import call_parse
 from torchvision.utils import make_grid
-from .core import (ImageReadError, load_image, save_image, atomic_write_bytes, sample_images,
+from .core import (ImageReadError, one_line_warnings, load_image, save_image, atomic_write_bytes, sample_images,
                              DEFAULT_MAX_PIXELS)
 
 # %% auto #0
@@ -163,6 +163,9 @@ def _prepare_dest(dest:Path, params:SilverParams, overwrite:bool) -> list[dict]:
                              + "; use another dest, or overwrite=True (--overwrite) to rebuild it")
     elif dest.exists() and any(dest/n for n in (_DATA, _JOURNAL) if (dest/n).exists()):
         raise ValueError(f"{dest} has store files but no {_META}; remove them or pass overwrite=True")
+    elif dest.is_dir() and any(dest.iterdir()) and not overwrite:   # never mix a store into a folder of the user's files
+        raise ValueError(f"{dest} holds files and is not a Silver store: give a new or empty folder as dest "
+                         "(or overwrite=True / --overwrite to build the store beside them)")
     dest.mkdir(parents=True, exist_ok=True)
     journal = _read_journal(dest)
     end = max((r['start'] + r['count'] for r in journal if r['status'] == 'ok'), default=0)
@@ -214,7 +217,11 @@ def build_silver(
     params = SilverParams(patch, stride or patch // 2, float(min_std), max_per_image, seed).validate()
     dest = Path(dest)
     sources, ignored = list_sources(src)
-    sources = [(p, n) for p, n in sources if not p.resolve().is_relative_to(dest.resolve())]  # dest inside src
+    inside = [(p, n) for p, n in sources if p.resolve().is_relative_to(dest.resolve())]  # a store (or its sheet) inside src
+    if isinstance(src, (str, os.PathLike)) and Path(src).is_dir() and Path(src).resolve().is_relative_to(dest.resolve()) or len(inside) == len(sources):
+        raise ValueError(f"dest {str(dest)!r} is (or contains) the source folder {str(src)!r}: the store would be written among "
+                         "its own images; choose a dest outside the source")
+    sources = [s for s in sources if s not in inside]
     journal = _prepare_dest(dest, params, overwrite)
     done = {r['src']: r for r in journal}
     todo = [(p, n) for p, n in sources if n not in done]
@@ -360,7 +367,17 @@ def contact_sheet(
     return sheet
 
 # %% ../nbs/01_silver.ipynb #2b29524e
+def _check_sheet(sheet:Path, src, overwrite:bool):
+    "Refuse, before any work, a contact-sheet path that is not an image name, is an input, or would replace a file."
+    if sheet.suffix.lower() not in IMAGE_EXTS: raise ValueError(f"--sheet {str(sheet)!r} must end in one of {', '.join(IMAGE_EXTS)}")
+    if sheet.is_dir(): raise ValueError(f"--sheet {str(sheet)!r} is a folder: give a file name such as sheet.png")
+    if not sheet.exists(): return
+    inputs = {p.resolve() for p, _ in list_sources(src)[0]} if isinstance(src, (str, os.PathLike)) else {Path(p).resolve() for p in src}
+    if sheet.resolve() in inputs: raise ValueError(f"--sheet {str(sheet)!r} is one of the source images; inputs are never overwritten")
+    if not overwrite: raise ValueError(f"--sheet {str(sheet)!r} exists: give another file name, or --overwrite to replace it")
+
 @call_parse
+@one_line_warnings('restorekit-silver')
 def silver_cli(
     dest:str,                      # Store folder to create or resume
     src:str=None,                  # Folder of images (default: the photos bundled with scikit-image)
@@ -370,14 +387,16 @@ def silver_cli(
     max_per_image:int=None,        # At most this many patches per image
     seed:int=0,                    # Seed for per-image subsets and the contact sheet
     n_workers:int=None,            # Decoding processes
-    overwrite:bool=False,          # Delete an existing store in dest first
+    overwrite:bool=False,          # Delete an existing store in dest first (and replace an existing --sheet)
     sheet:str=None,                # Contact sheet PNG (default DEST/contact_sheet.png)
 ):
     "Build (or resume) a Silver patch store and write a contact sheet of sampled patches."
+    src = src or sample_images()
     try:
-        rep = build_silver(src or sample_images(), dest, patch=patch, stride=stride, min_std=min_std,
+        if sheet is not None: _check_sheet(Path(sheet), src, overwrite)
+        rep = build_silver(src, dest, patch=patch, stride=stride, min_std=min_std,
                            max_per_image=max_per_image, seed=seed, n_workers=n_workers, overwrite=overwrite)
-    except (ValueError, FileNotFoundError) as e: sys.exit(f"restorekit-silver: error: {e}")
+    except (ValueError, OSError) as e: sys.exit(f"restorekit-silver: error: {e}")
     sheet = Path(sheet or Path(dest)/'contact_sheet.png')
     contact_sheet(SilverStore(dest), sheet, n=16, ncols=4, seed=seed)
     for s in rep['skipped']: print(f"  skipped {s['file']}: {s['reason']}")

@@ -16,8 +16,8 @@ import yaml
 from typing import Annotated
 from fastcore.script import call_parse
 
-from .core import sample_images, seed_everything, atomic_write_bytes, parse_yaml
-from .silver import build_silver, SilverStore
+from .core import load_image, sample_images, seed_everything, atomic_write_bytes, one_line_warnings, parse_yaml
+from .silver import build_silver, list_sources, SilverStore
 from .imresize import imresize
 from .metrics import psnr
 from .models import ARCHS, create_model, load_weights
@@ -160,6 +160,7 @@ def check_config(
             raise FileNotFoundError(f"Silver store {cfg.silver!r} does not exist; build one with restorekit-silver or leave silver empty")
         for v in ([] if cfg.valid is None else [cfg.valid] if isinstance(cfg.valid, str) else cfg.valid):
             if not Path(v).exists(): raise FileNotFoundError(f"validation path {v!r} does not exist")
+            for p in ([q for q, _ in list_sources(v)[0]] if Path(v).is_dir() else [Path(v)]): load_image(p)   # unreadable: ImageReadError naming it, before any file is written
         if cfg.pretrained is not None: _pretrained_file(cfg.pretrained)
     return cfg
 
@@ -337,6 +338,7 @@ def train(
 
 # %% ../nbs/09b_train.ipynb #29ad5e35
 @call_parse
+@one_line_warnings('restorekit-train')
 def train_cli(
     preset:str=None,           # A preset: demo, sr_x4_realesrgan, sr_x2_bicubic, jpeg_heavy_finetune
     config:str=None,           # YAML config file (merged over the preset)

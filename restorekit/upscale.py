@@ -13,7 +13,7 @@ import torch
 import yaml
 from fastprogress.fastprogress import progress_bar
 
-from .core import ImageReadError, atomic_write_bytes, parse_yaml
+from .core import ImageReadError, atomic_write_bytes, one_line_warnings, parse_yaml
 from .silver import IMAGE_EXTS
 from .models import load_trained
 from .inference import upscale_file, receptive_field, is_oom
@@ -134,6 +134,7 @@ def _check_writable(out:Path):
         with tempfile.NamedTemporaryFile(dir=out, prefix='.restorekit-write-check-'): pass
     except OSError as e: raise OSError(f"cannot write in the output folder {str(out)!r} ({e.strerror or e}): choose another -o") from None
 
+@one_line_warnings('restorekit-upscale')
 def upscale_cli(argv:list|None=None) -> int:
     "Entry point of `restorekit-upscale`; returns the exit status."
     from restorekit.core import default_device

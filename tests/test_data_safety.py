@@ -214,6 +214,7 @@ def test_train_cli_one_line_errors(tmp_path, args, msg):
     assert r.returncode != 0 and 'Traceback' not in r.stderr, r.stderr[-3000:]
     assert msg.format(**fmt) in r.stderr, r.stderr[-3000:]
     assert len(r.stderr.strip().splitlines()) <= 3, r.stderr
+    assert not (tmp_path / 'run').exists()   # refused before the run folder (config.yaml, silver/) was created
 
 
 def test_model_kw_yaml_errors_name_the_option(tmp_path, model_file):
@@ -226,6 +227,90 @@ def test_degrader_seed_must_be_a_whole_number():
     from restorekit.degrade import Degrader
     for bad in ('a', 1.5, -1, True):
         with pytest.raises(TypeError, match='seed must be a whole number'): Degrader('bicubic', seed=bad)
+
+
+def write_photos(folder: Path, n: int) -> list[Path]:
+    "`n` noise photos of 96x128 (large enough for 48 px Silver patches)."
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    return [save_image(torch.from_numpy(rng.random((3, 96, 128), dtype=np.float32)), folder / f'p{i}.png') for i in range(n)]
+
+
+def silver(*args):
+    return subprocess.run([sys.executable, '-m', 'restorekit.silver', *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize('where', ['same', 'parent'])
+def test_silver_never_writes_among_its_source_images(tmp_path, where):
+    "Item 10: `restorekit-silver SRC --src SRC` (or a dest holding SRC) is refused; nothing is written in the source."
+    src = tmp_path / 'photos'; write_photos(src, 2)
+    before = hashes(tmp_path)
+    r = silver(src if where == 'same' else tmp_path, '--src', src, '--patch', 48)
+    assert r.returncode == 1 and 'choose a dest outside the source' in r.stderr and 'Traceback' not in r.stderr, r.stderr
+    assert hashes(tmp_path) == before
+
+
+def test_silver_refuses_a_folder_of_user_files(tmp_path):
+    "A dest holding the user's files (here their own contact_sheet.png) is not a store: refused unchanged."
+    src = tmp_path / 'photos'; write_photos(src, 2)
+    dest = tmp_path / 'mine'; dest.mkdir(); (dest / 'contact_sheet.png').write_bytes(b'my sheet'); (dest / 'notes.txt').write_text('x')
+    before = hashes(tmp_path)
+    r = silver(dest, '--src', src, '--patch', 48)
+    assert r.returncode == 1 and 'is not a Silver store' in r.stderr and 'Traceback' not in r.stderr, r.stderr
+    assert hashes(tmp_path) == before
+
+
+@pytest.mark.parametrize('case', ['exists', 'input', 'not_image'])
+def test_silver_sheet_never_replaces_a_file(tmp_path, case):
+    "--sheet naming an existing file (without --overwrite), a source image (always), or a non-image name: refused first."
+    src = tmp_path / 'photos'; imgs = write_photos(src, 2)
+    (tmp_path / 'sheet.png').write_bytes(b'mine')
+    sheet = {'exists': tmp_path / 'sheet.png', 'input': imgs[0], 'not_image': tmp_path / 'sheet.txt'}[case]
+    before = hashes(tmp_path)
+    r = silver(tmp_path / 'store', '--src', src, '--patch', 48, '--sheet', sheet, *(['--overwrite'] if case == 'input' else []))
+    assert r.returncode == 1 and 'restorekit-silver: error: --sheet' in r.stderr and 'Traceback' not in r.stderr, r.stderr
+    assert hashes(tmp_path) == before and not (tmp_path / 'store').exists()
+
+
+def test_upscale_rgba_to_jpeg_says_alpha_is_dropped(tmp_path, model_file):
+    "Item 10: an RGBA input with transparency written as --ext jpg: one warning line naming the file, not silence."
+    (tmp_path / 'in').mkdir()
+    a = torch.rand(4, 20, 24); a[3, :5] = 0.2
+    save_image(a, tmp_path / 'in' / 'logo.png')
+    r = upscale(tmp_path / 'in' / 'logo.png', '-o', tmp_path / 'out', '--model', model_file, '--ext', 'jpg')
+    assert r.returncode == 0 and (tmp_path / 'out' / 'logo.jpg').is_file(), r.stderr
+    assert "restorekit-upscale: warning:" in r.stderr and 'logo.jpg' in r.stderr and 'transparency dropped' in r.stderr, r.stderr
+    assert 'Traceback' not in r.stderr and 'warnings.warn' not in r.stderr, r.stderr    # one line, no source line
+
+
+def test_lpips_takes_float64_inputs():
+    "Item 10: LPIPS on float64 tensors gives the float32 distance, not a torch dtype error."
+    from restorekit.perceptual import LPIPS
+    lp = LPIPS('alex', trunk='random', heads='random')
+    x, y = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    torch.testing.assert_close(lp(x.double(), y.double()), lp(x, y))
+
+
+def export(*args):
+    return subprocess.run([sys.executable, '-m', 'restorekit.export', *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def test_export_bad_opset_is_one_line(tmp_path, model_file):
+    "Item 10: --opset 99 is refused before exporting: one line on stderr, nothing on stdout (no graph dump), no file."
+    r = export(model_file, '--onnx', tmp_path / 'm.onnx', '--opset', 99)
+    assert r.returncode == 1 and r.stdout == '' and len(r.stderr.strip().splitlines()) == 1, (r.stdout[:500], r.stderr)
+    assert 'opset=99' in r.stderr and '--opset' in r.stderr and not (tmp_path / 'm.onnx').exists()
+
+
+def test_export_keeps_an_existing_file(tmp_path, model_file):
+    "restorekit-export does not replace an existing --onnx file unless --overwrite."
+    (tmp_path / 'm.onnx').write_bytes(b'my model')
+    before = hashes(tmp_path)
+    r = export(model_file, '--onnx', tmp_path / 'm.onnx', '--no-check')
+    assert r.returncode == 1 and 'exists' in r.stderr and '--overwrite' in r.stderr, r.stderr
+    assert hashes(tmp_path) == before
+    assert export(model_file, '--onnx', tmp_path / 'm.onnx', '--no-check', '--overwrite').returncode == 0
+    assert (tmp_path / 'm.onnx').read_bytes() != b'my model'
 
 
 # --- the rule, as a property: random layouts of inputs, outputs, suffixes and existing files ---------------------------
@@ -260,3 +345,116 @@ def test_upscale_never_touches_what_it_did_not_write(tmp_path_factory, model_fil
     for p, h in before.items():
         if not overwrite: assert after.get(p) == h, f"{p} existed and was changed without --overwrite: {argv}"
         else: assert p in after, f"{p} was deleted: {argv}"
+
+
+def run_cli(cli, prog: str, argv: list) -> int:
+    "Run a `call_parse` console entry point in this process with `argv`, as its console script would; return the exit status."
+    from unittest import mock
+    with mock.patch.object(sys, 'argv', [prog, *map(str, argv)]):
+        script = str(Path(sys.prefix) / 'bin' / prog)   # the top level of the console script, which `call_parse` detects
+        try: exec(compile('sys.exit(cli())', script, 'exec'), {'__name__': '__main__', '__file__': script, 'sys': sys, 'cli': cli})
+        except SystemExit as e: return e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+    return 0
+
+
+STORE_FILES = ('patches.u8', 'journal.jsonl', 'meta.json', 'report.json', 'contact_sheet.png')
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(dest=st.sampled_from(['store', 'in', 'in/store', '.', 'mine', 'prev']), src=st.sampled_from(['in', 'in/sub']),
+       sheet=st.sampled_from([None, 'sheet.png', 'in/p0.png', 'new.png']), overwrite=st.booleans(), patch=st.sampled_from([48, 64]))
+def test_silver_never_touches_what_it_did_not_write(tmp_path_factory, dest, src, sheet, overwrite, patch):
+    """The rule for `restorekit-silver`: inputs are byte-identical after any run; the user's files are unchanged without
+    --overwrite; only a store restorekit built earlier (`prev`) may be resumed (its own files updated, its patches kept)."""
+    from restorekit.silver import build_silver, silver_cli
+    root = tmp_path_factory.mktemp('silver_rule')
+    write_photos(root / 'in', 2); write_photos(root / 'in' / 'sub', 1)
+    mine = root / 'mine'; mine.mkdir(); (mine / 'contact_sheet.png').write_bytes(b'mine'); (mine / 'report.json').write_text('{}')
+    (root / 'sheet.png').write_bytes(b'my sheet')
+    build_silver(root / 'in', root / 'prev', patch=48, verbose=False)
+    inputs = {p for p in (root / src).rglob('*') if p.is_file()}
+    argv = [root / dest, '--src', root / src, '--patch', patch, '--n-workers', 0] + (['--sheet', root / sheet] if sheet else [])
+    argv += ['--overwrite'] if overwrite else []
+    before = hashes(root)
+    rc = run_cli(silver_cli, 'restorekit-silver', argv)
+    after = hashes(root)
+    ok = (dest not in ('in', '.') and (dest != 'mine' or overwrite) and (dest != 'prev' or patch == 48 or overwrite)
+          and (sheet != 'in/p0.png' or src == 'in/sub' and overwrite) and (sheet != 'sheet.png' or overwrite))
+    assert (rc == 0) == ok, f"exit status {rc} for {argv}"   # the cases above are refused, the others build
+    for p in inputs: assert after.get(p) == before[p], f"input {p} changed or was deleted: {argv}"
+    for p, h in before.items():
+        if p in inputs or overwrite: continue
+        if p.parent == root / 'prev' and p.name in STORE_FILES and dest == 'prev':   # a resume of restorekit's own store
+            assert p in after, f"{p} of the resumed store was deleted: {argv}"
+            if p.name == 'patches.u8': assert after[p] == h, f"the resumed store's patches changed: {argv}"
+        else: assert after.get(p) == h, f"{p} existed and was changed without --overwrite: {argv}"
+
+
+@pytest.fixture(scope='module')
+def onnx_model(tmp_path_factory):
+    "The tiny x2 weights (with their header) in a folder of their own."
+    d = tmp_path_factory.mktemp('onnx_model')
+    m = create_model('edsr_baseline', 2, seed=0, n_feats=8, n_blocks=1)
+    return save_weights(m, d / 'best.safetensors', {'arch': 'edsr_baseline', 'scale': 2, 'model_kw': json.dumps({'n_feats': 8, 'n_blocks': 1})})
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(onnx=st.sampled_from(['m.onnx', 'user.onnx', 'sub/new.onnx', 'models', 'user.pt']), opset=st.sampled_from([17, 99]),
+       overwrite=st.booleans())
+def test_export_never_touches_what_it_did_not_write(tmp_path_factory, onnx_model, onnx, opset, overwrite):
+    "The rule for `restorekit-export`: the weights are never changed; an existing file is replaced only with --overwrite."
+    from restorekit.export import export_cli
+    root = tmp_path_factory.mktemp('export_rule')
+    (root / 'user.onnx').write_bytes(b'my model'); (root / 'user.pt').write_bytes(b'mine'); (root / 'models').mkdir()
+    (root / 'models' / 'keep.onnx').write_bytes(b'kept')
+    w_before = hashes(onnx_model.parent)
+    argv = [onnx_model, '--onnx', root / onnx, '--opset', opset, '--no-check'] + (['--overwrite'] if overwrite else [])
+    before = hashes(root)
+    rc = run_cli(export_cli, 'restorekit-export', argv)
+    after = hashes(root)
+    assert hashes(onnx_model.parent) == w_before, f"the weights changed: {argv}"
+    for p, h in before.items():
+        if overwrite and p == root / onnx: continue
+        assert after.get(p) == h, f"{p} existed and was changed: {argv}"
+    assert rc == 0 or set(after) == set(before), f"a refused export left files behind: {sorted(set(after) - set(before))}"
+    assert (rc == 0) == (opset == 17 and onnx.endswith('.onnx') and (onnx != 'user.onnx' or overwrite)), f"exit status {rc} for {argv}"
+
+
+@pytest.fixture(scope='module')
+def finished_run(tmp_path_factory, store, valid_imgs):
+    "A finished 2-iteration run, copied into each example that needs one."
+    return train(load_config(preset='demo', overrides=TRAIN_RULE + [f'silver={store.path}', f'valid=[{valid_imgs[0]}]']),
+                 run_dir=tmp_path_factory.mktemp('fin') / 'run', verbose=False)
+
+
+TRAIN_RULE = ['n_iter=2', 'validate_every=2', 'checkpoint_every=2', 'patch=32', 'bs=2', 'model_kw.n_blocks=1',
+              'model_kw.n_feats=8', 'valid_crop=48', 'threads=1']
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(run_dir=st.sampled_from(['new', 'empty', 'mine', 'done', 'valid']), resume=st.booleans(), n_iter=st.sampled_from([2, 3]))
+def test_train_never_touches_what_it_did_not_write(tmp_path_factory, store, finished_run, run_dir, resume, n_iter):
+    """The rule for `restorekit-train`: the Silver store and the validation images are byte-identical after any run; the
+    user's files are unchanged; only --resume of restorekit's own run (`done`) may update that run's outputs."""
+    import shutil
+    from restorekit.train import RUN_OUTPUTS, train_cli
+    root = tmp_path_factory.mktemp('train_rule')
+    write_photos(root / 'valid', 1); (root / 'valid' / 'notes.txt').write_text('my notes')
+    (root / 'empty').mkdir(); (root / 'mine').mkdir()
+    (root / 'mine' / 'config.yaml').write_text('my: settings\n'); (root / 'mine' / 'notes.txt').write_text('mine')
+    shutil.copytree(finished_run, root / 'done')
+    s_before, inputs = hashes(store.path), {p for p in (root / 'valid').iterdir()}
+    argv = ['--preset', 'demo', '--set', *TRAIN_RULE, f'silver={store.path}', f'valid={root / "valid" / "p0.png"}',
+            '--n-iter', n_iter, '--run-dir', root / run_dir] + (['--resume'] if resume else [])
+    before = hashes(root)
+    rc = run_cli(train_cli, 'restorekit-train', argv)
+    after = hashes(root)
+    ok = (run_dir in ('new', 'empty', 'valid') and not resume) or (run_dir == 'done' and resume and n_iter == 2)
+    assert (rc == 0) == ok, f"exit status {rc} for {argv}"   # new/empty/unrelated folders train; a same-length resume runs
+    if ok: assert (root / run_dir / 'best.safetensors').is_file()
+    assert hashes(store.path) == s_before, f"the Silver store changed: {argv}"
+    for p in inputs: assert after.get(p) == before[p], f"input {p} changed: {argv}"
+    own = root / 'done'
+    for p, h in before.items():
+        if resume and run_dir == 'done' and p.is_relative_to(own) and p.relative_to(own).parts[0] in RUN_OUTPUTS: continue
+        assert after.get(p) == h, f"{p} existed and was changed: {argv}"
