@@ -233,6 +233,8 @@ class JSONLLogger(Callback):
                'lr': _num(self.opt.hypers[-1]['lr']), 'time': time.time()}
         terms = getattr(self.learn.loss_func, 'last_terms', None) or {}
         rec.update({k: _num(v) for k, v in terms.items()})
+        for cb in self.learn.cbs:   # values callbacks publish per iteration (e.g. ECO's `alpha`)
+            if hasattr(cb, 'log_values'): rec.update({k: _num(v) for k, v in cb.log_values().items()})
         self._write(rec)
     def after_validate(self):
         if self._f is None: return
@@ -355,7 +357,8 @@ def save_checkpoint(
              'validate_every': None if ve is None else {'history': [list(h) for h in ve.history], 'saved': list(ve.saved),
                                                         'best': ve.best, 'best_iter': ve.best_iter},
              'nan_guard': None if ng is None else {'n_skipped': ng.n_skipped, 'consecutive': ng.consecutive,
-                                                   'skipped_iters': list(ng.skipped_iters)}}
+                                                   'skipped_iters': list(ng.skipped_iters)},
+             'callbacks': {cb.name: cb.state_dict() for cb in learn.cbs if getattr(cb, 'checkpoint_state', False)}}
     stem = f'{fname}-{it:09d}'
     files = {'model': save_weights(bare_model(learn.model), d/f'{stem}.model.safetensors', {'iter': it}).name}
     if ema is not None and ema.shadow is not None:
@@ -412,6 +415,8 @@ class _Resume(Callback):
             ve.history, ve.saved, ve.best, ve.best_iter = [tuple(h) for h in v['history']], list(v['saved']), v['best'], v['best_iter']
         if ng is not None and s['nan_guard'] is not None:
             ng.n_skipped, ng.consecutive, ng.skipped_iters = s['nan_guard']['n_skipped'], s['nan_guard']['consecutive'], list(s['nan_guard']['skipped_iters'])
+        for cb in learn.cbs:   # callbacks that keep their own state (`checkpoint_state = True`, e.g. ECO's iteration count)
+            if getattr(cb, 'checkpoint_state', False) and cb.name in (s.get('callbacks') or {}): cb.load_state_dict(s['callbacks'][cb.name])
         sampler = getattr(learn.dl, 'sampler', None)
         skip = (s['iter'] % iters_per_epoch(learn.dl)) * learn.dl.bs
         if skip and sampler is not None: learn.dl = learn.dl.new(sampler=_SkipSampler(sampler, skip))

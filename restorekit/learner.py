@@ -79,22 +79,25 @@ class TrainPatches(torch.utils.data.Dataset):
         store:SilverStore,     # The clean patches
         patch:int,             # Crop side (<= the store's patch)
         augment:bool=True,     # Random flips and transpose
+        paired=None,           # A store aligned with `store` whose `read(i)` gives a `(P,P,3)` uint8 array (e.g. ECO's `CentroidStore`): cropped alike
     ):
         if not 1 <= patch <= store.patch: raise ValueError(f"patch {patch} is larger than the Silver store's patches ({store.patch} px); use patch <= {store.patch}")
-        self.store, self.patch, self.augment = store, patch, augment
+        if paired is not None and len(paired) != len(store):
+            raise ValueError(f"the paired store has {len(paired)} patches, the Silver store {len(store)}: build it from this Silver store")
+        self.store, self.patch, self.augment, self.paired = store, patch, augment, paired
     def __len__(self): return len(self.store)
     def __getitem__(self, key) -> tuple[torch.Tensor]:
         i, s = tuple(key) if isinstance(key, (tuple, list)) else (key, int(key))   # fastai's DistributedDL gives lists
         rng = np.random.default_rng(s)
-        a, p = self.store.read(int(i)), self.patch
+        arrs, p = [self.store.read(int(i))] + ([self.paired.read(int(i))] if self.paired is not None else []), self.patch
         y, x = rng.integers(0, self.store.patch - p + 1, 2)
-        a = a[y:y+p, x:x+p]
+        arrs = [a[y:y+p, x:x+p] for a in arrs]
         if self.augment:
             hf, vf, tr = rng.integers(0, 2, 3)
-            if hf: a = a[:, ::-1]
-            if vf: a = a[::-1]
-            if tr: a = a.transpose(1, 0, 2)
-        return (torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).float().div_(255),)
+            if hf: arrs = [a[:, ::-1] for a in arrs]
+            if vf: arrs = [a[::-1] for a in arrs]
+            if tr: arrs = [a.transpose(1, 0, 2) for a in arrs]
+        return tuple(torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).float().div_(255) for a in arrs)
 
 # %% ../nbs/08_learner.ipynb #84714a95
 class SamplerDL(DataLoader):
@@ -241,6 +244,7 @@ def restoration_dls(
     valid_bs:int=1,            # Validation batch size (pairs may differ in size: keep 1 unless they don't)
     valid_crop:int|None=None,  # Centre-crop validation images to this side first (None: whole images)
     cache_dir=None,            # Cache folder for the degraded validation pairs
+    paired=None,               # A store aligned with `silver`, cropped alike (ECO's `CentroidStore`): batches are then `(y, μ)`
 ) -> RestorationDataLoaders:   # With `gold_cb` (the `GoldCallback` to add) and `sampler`
     "Iteration-based DataLoaders: seeded random crops of Silver patches for training, fixed Gold pairs for validation."
     if not isinstance(silver, SilverStore):
@@ -259,7 +263,7 @@ def restoration_dls(
     sampler = PatchSampler(len(silver), epoch_len * bs, seed)
     device = default_device() if device is None else torch.device(device)
     pin = device.type == 'cuda'
-    train = SamplerDL(TrainPatches(silver, patch, augment), sampler, bs=bs, num_workers=num_workers, pin_memory=pin)
+    train = SamplerDL(TrainPatches(silver, patch, augment, paired), sampler, bs=bs, num_workers=num_workers, pin_memory=pin)
     vdl = DataLoader(vset, bs=valid_bs, shuffle=False, num_workers=0)
     dls = RestorationDataLoaders(train, vdl, device=device)
     dls.gold_cb, dls.sampler, dls.scale, dls.silver = GoldCallback(deg), sampler, scale, silver
@@ -507,7 +511,9 @@ class RestorationLearner(Learner):
     ):
         "fastai's `fine_tune` with restoration-safe defaults: the learner's own rate, not 2e-3, and a gentler body multiplier."
         if base_lr is None: base_lr = (self.lr.stop if isinstance(self.lr, slice) else self.lr) / 2
-        return super().fine_tune(epochs, base_lr=base_lr, freeze_epochs=freeze_epochs, lr_mult=lr_mult, pct_start=pct_start, div=div, **kwargs)
+        self.run_total = (freeze_epochs + epochs) * iters_per_epoch(self.dls.train)   # the length of both fits (ECO's schedule)
+        try: return super().fine_tune(epochs, base_lr=base_lr, freeze_epochs=freeze_epochs, lr_mult=lr_mult, pct_start=pct_start, div=div, **kwargs)
+        finally: del self.run_total
 
     def predict(self,
         item,                    # Image path, PIL image, `(H,W,3)` uint8 array, or `(3,H,W)` tensor in [0,1]
@@ -582,13 +588,14 @@ def restoration_learner(
         raise ValueError(f"grad_clip is the largest gradient norm: a number > 0, or None for no clipping; got {grad_clip}")
     if mixed_precision not in (None, 'bf16', 'fp16'): raise ValueError(f"mixed_precision must be 'bf16', 'fp16' or None, got {mixed_precision!r}")
     if hasattr(loss, 'to'): loss = loss.to(dls.device)
+    cbs = [] if cbs is None else [cbs] if isinstance(cbs, Callback) else list(cbs)   # one callback or a list, as fastai takes
     extra = [CosineWarmup(warmup, eta_min)]
-    if not any(isinstance(cb, GoldCallback) for cb in (cbs or [])): extra.insert(0, gold)
+    if not any(isinstance(cb, GoldCallback) for cb in cbs): extra.insert(0, gold)
     if grad_clip is not None: extra.append(GradientClip(grad_clip))
     if ema is not None: extra.append(EMACallback(ema))
     if isinstance(loss, RestorationLoss): extra.append(LossTermsCallback())
     learn = RestorationLearner(dls, model, loss_func=loss, opt_func=partial(Adam, mom=0.9, sqr_mom=0.99, eps=1e-8, decouple_wd=True),
-                    lr=lr, wd=wd, splitter=model_splitter, metrics=metrics, cbs=extra + list(cbs or []), **kwargs)
+                    lr=lr, wd=wd, splitter=model_splitter, metrics=metrics, cbs=extra + cbs, **kwargs)
     learn.default_iters = n_iter
     if mixed_precision is not None:
         if torch.device(dls.device).type == 'cuda': learn = learn.to_bf16() if mixed_precision == 'bf16' else learn.to_fp16()

@@ -16,7 +16,7 @@ import yaml
 from typing import Annotated
 from fastcore.script import call_parse
 
-from .core import load_image, sample_images, seed_everything, atomic_write_bytes, one_line_warnings, parse_yaml
+from .core import default_device, load_image, sample_images, seed_everything, atomic_write_bytes, one_line_warnings, parse_yaml
 from .silver import build_silver, list_sources, SilverStore
 from .imresize import imresize
 from .metrics import psnr
@@ -28,8 +28,8 @@ from .callbacks import ValidateEvery, NaNGuard, JSONLLogger, FreezeFor, plot_los
 from .callbacks import read_checkpoint, CheckpointError
 
 # %% auto #0
-__all__ = ['DEMO_VALID', 'LOSS_TERMS', 'TRAIN_PRESETS', 'RUN_OUTPUTS', 'TrainConfig', 'check_config', 'load_config',
-           'torch_threads', 'train', 'train_cli']
+__all__ = ['DEMO_VALID', 'LOSS_TERMS', 'TRAIN_PRESETS', 'ECO_KEYS', 'KD_KEYS', 'RUN_OUTPUTS', 'TrainConfig', 'check_config',
+           'load_config', 'torch_threads', 'train', 'train_cli']
 
 # %% ../nbs/09b_train.ipynb #c0f9c193
 DEMO_VALID = ('chelsea.png', 'coffee.png')   # bundled photos held out of the default Silver store, for validation
@@ -65,6 +65,9 @@ class TrainConfig:
     freeze_iters:int=0              # Fine-tuning: train only the head (upsampler) for this many iterations first (`FreezeFor`)
     lr_mult:float=1.0               # Discriminative learning rates: the body trains at lr / lr_mult (fastai's `fine_tune` uses 100)
     mixed_precision:str|None=None   # 'bf16' or 'fp16' on CUDA (fastai's `to_bf16`/`to_fp16`); None: float32
+    eco:dict=field(default_factory=dict) # ECO (`restorekit.eco`): teacher (weights file or run folder), teacher_arch, teacher_model_kw, schedule, span, start, shift, p0, store; {}: off
+    kd:dict=field(default_factory=dict)  # Knowledge distillation (ECO's baseline): teacher, teacher_arch, teacher_model_kw; {}: off
+    lr_noise:float|None=None        # Std of zero-mean colour Gaussian noise added to the training input (ECO's real-world x2: 0.01)
     run_dir:str|None=None           # Output folder; None: `runs/{preset}-{date-time}`
     preset:str|None=None            # The preset this config started from (informational)
 
@@ -81,7 +84,13 @@ TRAIN_PRESETS = {
                                 warmup=0.02, loss=dict(l1=1.0, ms_ssim=0.2), validate_every=2000, checkpoint_every=1000,
                                 freeze_iters=1000, lr_mult=10),
 }
+TRAIN_PRESETS['eco_x2'] = dict(arch='edsr_baseline', scale=2, patch=96, bs=16, degrade='bicubic', n_iter=300_000, lr=2e-4, warmup=0.0,
+                               ema=None, loss=dict(l1=1.0, ms_ssim=0.0), validate_every=5000, checkpoint_every=2000, eco=dict(schedule='sigmoid'))
+TRAIN_PRESETS['eco_demo'] = {**TRAIN_PRESETS['demo'], 'degrade': 'bicubic', 'loss': dict(l1=1.0, ms_ssim=0.0), 'eco': dict(schedule='sigmoid')}
 _NEEDS_PRETRAINED = {'jpeg_heavy_finetune'}
+_NEEDS_TEACHER = {'eco_x2', 'eco_demo'}
+ECO_KEYS = ('teacher', 'teacher_arch', 'teacher_model_kw', 'schedule', 'span', 'start', 'shift', 'p0', 'store')
+KD_KEYS = ('teacher', 'teacher_arch', 'teacher_model_kw')
 
 # %% ../nbs/09b_train.ipynb #df045094
 _HINTS = typing.get_type_hints(TrainConfig)
@@ -155,6 +164,16 @@ def check_config(
     if cfg.preset in _NEEDS_PRETRAINED and not cfg.pretrained:
         raise ValueError(f"preset {cfg.preset!r} fine-tunes a model: set pretrained to a weights file "
                          "(--set pretrained=path/to/weights.safetensors)")
+    for name, d, keys in (('eco', cfg.eco, ECO_KEYS), ('kd', cfg.kd, KD_KEYS)):
+        if set(d) - set(keys): raise _unknown(sorted(set(d) - set(keys))[0], keys, name)
+    if cfg.preset in _NEEDS_TEACHER and not cfg.eco.get('teacher'):
+        raise ValueError(f"preset {cfg.preset!r} trains with ECO: set its teacher, a pretrained x{cfg.scale} network "
+                         "(--set eco.teacher=runs/demo-.../ or a weights file with eco.teacher_arch=...)")
+    if cfg.eco.get('teacher') and cfg.kd.get('teacher'): raise ValueError("eco and kd are alternatives: give a teacher to one of them")
+    if cfg.eco:
+        from restorekit.eco import alpha_schedule
+        alpha_schedule(cfg.eco.get('schedule', 'sigmoid'), **{k: cfg.eco[k] for k in ('span', 'start', 'shift', 'p0') if k in cfg.eco})
+    if cfg.lr_noise is not None and not (cfg.lr_noise >= 0 and math.isfinite(cfg.lr_noise)): raise ValueError(f"lr_noise must be a number >= 0, got {cfg.lr_noise}")
     if check_paths:
         if cfg.silver is not None and not (Path(cfg.silver)/'index.json').exists() and not Path(cfg.silver).is_dir():
             raise FileNotFoundError(f"Silver store {cfg.silver!r} does not exist; build one with restorekit-silver or leave silver empty")
@@ -162,6 +181,8 @@ def check_config(
             if not Path(v).exists(): raise FileNotFoundError(f"validation path {v!r} does not exist")
             for p in ([q for q, _ in list_sources(v)[0]] if Path(v).is_dir() else [Path(v)]): load_image(p)   # unreadable: ImageReadError naming it, before any file is written
         if cfg.pretrained is not None: _pretrained_file(cfg.pretrained)
+        for name, d in (('eco', cfg.eco), ('kd', cfg.kd)):
+            if d.get('teacher') and not Path(d['teacher']).exists(): raise FileNotFoundError(f"{name}.teacher {d['teacher']!r} does not exist: give a weights file or a run folder")
     return cfg
 
 # %% ../nbs/09b_train.ipynb #47e87c04
@@ -216,7 +237,23 @@ def _absolute_paths(cfg:TrainConfig) -> TrainConfig:
     "`cfg` with its input paths (silver, valid, pretrained) made absolute."
     ab = lambda p: None if p is None else str(Path(p).absolute())
     valid = [ab(v) for v in cfg.valid] if isinstance(cfg.valid, list) else ab(cfg.valid)
-    return dataclasses.replace(cfg, silver=ab(cfg.silver), valid=valid, pretrained=ab(cfg.pretrained))
+    teach = lambda d: {**d, **{k: ab(d[k]) for k in ('teacher', 'store') if d.get(k)}}
+    return dataclasses.replace(cfg, silver=ab(cfg.silver), valid=valid, pretrained=ab(cfg.pretrained), eco=teach(cfg.eco), kd=teach(cfg.kd))
+
+def _teacher_callbacks(cfg:TrainConfig, silver:SilverStore, run:Path, device, verbose:bool) -> tuple:
+    "The ECO / KD / LR-noise callbacks of a config, and the centroid store the DataLoaders pair with the patches (or None)."
+    from restorekit.eco import ECO, KD, LRNoise, CentroidStore, build_centroids
+    from restorekit.models import load_trained
+    cbs, paired = [LRNoise(cfg.lr_noise, seed=cfg.seed)] if cfg.lr_noise else [], None
+    for name, d in (('eco', cfg.eco), ('kd', cfg.kd)):
+        if not d.get('teacher'): continue
+        teacher = load_trained(d['teacher'], d.get('teacher_arch'), cfg.scale if d.get('teacher_arch') else None, d.get('teacher_model_kw'), device=device)
+        if name == 'kd': cbs.append(KD(teacher=teacher)); continue
+        store = Path(d.get('store') or run/'centroids')
+        build_centroids(teacher, silver, store, cfg.scale, device=device, verbose=verbose)
+        paired = CentroidStore(store, silver)
+        cbs.append(ECO(d.get('schedule', 'sigmoid'), **{k: d[k] for k in ('span', 'start', 'shift', 'p0') if k in d}))
+    return cbs, paired
 
 def _silver_and_valid(cfg:TrainConfig, run:Path, verbose:bool):
     "The Silver store (built from the bundled photos when `cfg.silver` is None) and the validation images."
@@ -261,7 +298,7 @@ def torch_threads(n:int|None):
 
 # %% ../nbs/09b_train.ipynb #96478a94
 RUN_OUTPUTS = ('config.yaml', 'log.jsonl', 'loss_curve.png', 'comparison.png', 'summary.json', 'best.safetensors',
-               'checkpoint', 'silver', 'valid_cache')   # what `train` writes in its run folder
+               'checkpoint', 'silver', 'valid_cache', 'centroids')   # what `train` writes in its run folder
 
 def _check_resumable(run:Path, cfg:TrainConfig):
     "Refuse a resume whose checkpoint is damaged or is of a run of another length, before anything is written."
@@ -305,15 +342,17 @@ def train(
     with torch_threads(cfg.threads):
         seed_everything(cfg.seed)
         silver, valid = _silver_and_valid(cfg, run, verbose)
+        device = torch.device(cfg.device) if cfg.device else default_device()
+        teach_cbs, paired = _teacher_callbacks(cfg, silver, run, device, verbose)
         dls = restoration_dls(silver, valid, bs=cfg.bs, patch=cfg.patch, scale=cfg.scale, degrade=cfg.degrade,
-                              epoch_len=min(cfg.validate_every, cfg.n_iter), seed=cfg.seed, device=cfg.device, num_workers=cfg.num_workers,
-                              valid_crop=cfg.valid_crop, cache_dir=run/'valid_cache')
+                              epoch_len=min(cfg.validate_every, cfg.n_iter), seed=cfg.seed, device=device, num_workers=cfg.num_workers,
+                              valid_crop=cfg.valid_crop, cache_dir=run/'valid_cache', paired=paired)
         loss = RestorationLoss(**{k: float(cfg.loss.get(k, 0)) for k in LOSS_TERMS})
         ve = ValidateEvery(cfg.validate_every, 'psnr', path=run, meta={'arch': cfg.arch, 'scale': cfg.scale, 'model_kw': json.dumps(cfg.model_kw)})
         learn = restoration_learner(dls, cfg.arch, loss=loss, metrics=default_metrics(cfg.scale, lpips=False), n_iter=cfg.n_iter,
                                     lr=cfg.lr, warmup=cfg.warmup, grad_clip=cfg.grad_clip, ema=cfg.ema, seed=cfg.seed,
                                     model_kw=cfg.model_kw, mixed_precision=cfg.mixed_precision, path=run,
-                                    cbs=[ve, NaNGuard(), JSONLLogger(path=run)] + ([FreezeFor(cfg.freeze_iters)] if cfg.freeze_iters else []))
+                                    cbs=[ve, NaNGuard(), JSONLLogger(path=run)] + ([FreezeFor(cfg.freeze_iters)] if cfg.freeze_iters else []) + teach_cbs)
         if cfg.lr_mult != 1: learn.lr = slice(cfg.lr / cfg.lr_mult, cfg.lr)   # [body, head] (`model_splitter`)
         if cfg.pretrained and not resume: load_weights(learn.model, _pretrained_file(cfg.pretrained))
         if not verbose: learn.remove_cbs([cb for cb in learn.cbs if type(cb).__name__ == 'ProgressCallback']); learn.logger = lambda *a, **k: None
@@ -340,7 +379,7 @@ def train(
 @call_parse
 @one_line_warnings('restorekit-train')
 def train_cli(
-    preset:str=None,           # A preset: demo, sr_x4_realesrgan, sr_x2_bicubic, jpeg_heavy_finetune
+    preset:str=None,           # A preset: demo, sr_x4_realesrgan, sr_x2_bicubic, jpeg_heavy_finetune, eco_x2, eco_demo
     config:str=None,           # YAML config file (merged over the preset)
     set:Annotated[str, "key=value overrides, e.g. --set loss.l1=1 n_iter=500 (repeatable)", {'nargs': '*', 'action': 'extend'}]=None,
     run_dir:str=None,          # Run folder (default runs/PRESET-DATE-TIME)

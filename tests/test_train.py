@@ -30,7 +30,8 @@ def tiny_config(*extra) -> TrainConfig:
 
 def test_presets_load():
     for name in TRAIN_PRESETS:
-        over = ['pretrained=' + __file__] if name == 'jpeg_heavy_finetune' else []
+        over = (['pretrained=' + __file__] if name == 'jpeg_heavy_finetune' else
+                ['eco.teacher=' + __file__, 'eco.teacher_arch=imdn'] if name.startswith('eco_') else [])
         cfg = load_config(preset=name, overrides=over)
         assert cfg.preset == name and cfg.patch % cfg.scale == 0
 
