@@ -69,7 +69,8 @@ def score(model, sets) -> dict:
         for name, pairs in sets.items():
             ps, ss = [], []
             for lr, hr in pairs:
-                sr = model(lr[None]).clamp(0, 1)
+                dev = next(model.parameters()).device
+                sr = model(lr[None].to(dev)).clamp(0, 1).cpu()
                 ps.append(float(psnr(sr, hr[None], 2))); ss.append(float(ssim(sr, hr[None], 2)))
             res[name] = {'psnr': statistics.fmean(ps), 'ssim': statistics.fmean(ss)}
     model.train()
@@ -115,7 +116,7 @@ def run_arm(arm, seed, silver, cents, sets, a) -> dict:
     "Train one arm from scratch; return its curve, wall time and (for the landscape arms) the landscape points."
     degrade = a.degrade_override or 'bicubic'
     dls = restoration_dls(silver, [sets['Set5'][0][1]], bs=a.bs, patch=a.patch, scale=2, degrade=degrade, epoch_len=a.n_iter,
-                          seed=seed, device='cpu', valid_crop=64, paired=cents)
+                          seed=seed, device=a.device, valid_crop=64, paired=cents)
     cbs = {'vanilla': [], 'kd': [KD()], 'eco_none': [ECO('none')], 'eco_linear': [ECO('linear', span=a.span)],
            'eco_sigmoid': [ECO('sigmoid')]}[arm]
     if a.lr_noise: cbs = cbs + [LRNoise(a.lr_noise, seed=seed)]
@@ -272,6 +273,9 @@ def main(argv=None):
     ap.add_argument('--span', type=float, default=0.5, help="the linear schedule's span (fraction of the run)")
     ap.add_argument('--max-per-image', type=int, default=30); ap.add_argument('--threads', type=int, default=2)
     ap.add_argument('--parts', default='main,bs,landscape,realworld')
+    ap.add_argument('--silver-src', default=None, help='folder of training photos (default ../shared/data/Kodak24; e.g. DIV2K_train_HR on a GPU machine)')
+    ap.add_argument('--device', default='cpu', help="'cpu' (the committed results) or 'cuda'")
+    ap.add_argument('--full-student', action='store_true', help="the paper's EDSR-baseline (64 channels x 16 blocks) instead of 32 x 4")
     ap.add_argument('--out', default=str(Path(__file__).parent / 'results' / 'eco.json'))
     ap.add_argument('--smoke-out', default=None, help='with --smoke: write the (meaningless) smoke results here, to test the report')
     ap.add_argument('--report-only', action='store_true', help='remake the figures and the table from --out')
@@ -285,14 +289,15 @@ def main(argv=None):
     torch.set_num_threads(a.threads)
     parts, t_all = set(a.parts.split(',')), time.time()
     work = Path(tempfile.mkdtemp(prefix='eco-'))
-    build_silver(shared / 'Kodak24', work / 'silver', patch=96, max_per_image=a.max_per_image, seed=0, verbose=False)
+    if a.full_student: STUDENT.update(n_feats=64, n_blocks=16)
+    build_silver(Path(a.silver_src) if a.silver_src else shared / 'Kodak24', work / 'silver', patch=96, max_per_image=a.max_per_image, seed=0, verbose=False)
     silver = SilverStore(work / 'silver')
-    teacher = load_trained(shared / 'weights_IMDN' / 'IMDN_x2.pth', 'imdn', 2)
+    teacher = load_trained(shared / 'weights_IMDN' / 'IMDN_x2.pth', 'imdn', 2, device=a.device)
     crep = build_centroids(teacher, silver, work / 'cent', 2, bs=16, verbose=False)
     cents = CentroidStore(work / 'cent', silver)
     sets, noisy, gold_sets = eval_sets(shared), eval_sets(shared, noise=0.01), eval_sets(shared, degrade='light')
     if a.smoke: sets, noisy, gold_sets = ({k: v[:2] for k, v in d.items()} for d in (sets, noisy, gold_sets))   # two images per set
-    res = {'setup': {'silver': f'Kodak24, {len(silver)} patches of 96 px (at most {a.max_per_image} per image)', 'student': {'arch': 'edsr_baseline', **STUDENT},
+    res = {'setup': {'silver': f"{a.silver_src or 'Kodak24'}, {len(silver)} patches of 96 px (at most {a.max_per_image} per image)", 'student': {'arch': 'edsr_baseline', **STUDENT},
                      'teacher': 'IMDN x2 (official weights)', 'centroids': crep, 'n_iter': a.n_iter, 'bs': a.bs, 'patch': a.patch,
                      'lr': a.lr, 'schedule': 'cosine, no warm-up', 'seeds': a.seeds, 'every': a.every, 'linear_span': a.span,
                      'hardware': f'{platform.processor() or platform.machine()}, torch threads {a.threads}', 'torch': torch.__version__,
