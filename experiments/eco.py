@@ -221,6 +221,26 @@ def claims(res) -> list[dict]:
     return out
 
 
+def side_table(res) -> str:
+    "Batch-size and real-world parts: the ECO arm minus vanilla at the end, paired by seed (mean [95 % CI] when 2+ seeds)."
+    rows = ['| part | ECO arm − vanilla, Set5 (dB) | Set14 (dB) | seeds |', '|---|---|---|---|']
+    def diff(runs, arm, key=lambda r: None):
+        out = []
+        for k in sorted({key(r) for r in runs}, key=lambda v: (v is None, v)):
+            by = {r['seed']: r for r in runs if key(r) == k and r['arm'] == arm}
+            van = {r['seed']: r for r in runs if key(r) == k and r['arm'] == 'vanilla'}
+            sd = sorted(set(by) & set(van))
+            d = {s_: t_ci([by[x]['curve'][-1][s_]['psnr'] - van[x]['curve'][-1][s_]['psnr'] for x in sd]) for s_ in ('Set5', 'Set14')}
+            out.append((k, d, len(sd)))
+        return out
+    for k, d, n in diff(res.get('batch_size', []), 'eco_none', key=lambda r: r['bs']):
+        rows.append(f"| batch size {k}: eco_none | {_fmt(d['Set5'])} | {_fmt(d['Set14'])} | {n} |")
+    for part, runs in res.get('realworld', {}).items():
+        for _, d, n in diff(runs, 'eco_sigmoid'):
+            rows.append(f"| {part}: eco_sigmoid | {_fmt(d['Set5'])} | {_fmt(d['Set14'])} | {n} |")
+    return '\n'.join(rows) + '\n'
+
+
 def claims_table(cl) -> str:
     "The claims and their verdicts as a markdown table."
     ci = lambda c: '–' if c['ci95'] is None else f"[{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}]"
@@ -235,7 +255,7 @@ def report(res, outdir: Path):
     if 'main' in res:
         plot_curves(res['main']['runs'], ARMS, outdir / 'eco_curves.png',
                     f"ECO vs baselines, x2 bicubic, {res['setup']['n_iter']} iterations, batch {res['setup']['bs']} (this machine)")
-        (outdir / 'eco_table.md').write_text(table(res) + '\n' + claims_table(claims(res)))
+        (outdir / 'eco_table.md').write_text(table(res) + '\n' + claims_table(claims(res)) + '\n' + side_table(res))
         land = {r['arm']: r['landscape'] for r in res['main']['runs'] if r['seed'] == 0 and r['landscape']}
         if land:
             fig, axs = plt.subplots(1, 2, figsize=(10, 3.4))
@@ -251,15 +271,18 @@ def report(res, outdir: Path):
         fig, axs = plt.subplots(1, 2, figsize=(10, 3.4))
         for ax, s in zip(axs, ('Set5', 'Set14')):
             for arm in ('vanilla', 'eco_none'):
-                rs = sorted([r for r in res['batch_size'] if r['arm'] == arm], key=lambda r: r['bs'])
-                ax.plot([r['bs'] for r in rs], [r['curve'][-1][s]['psnr'] for r in rs], 'o-', label=arm)
+                bss = sorted({r['bs'] for r in res['batch_size']})
+                v = [statistics.fmean(r['curve'][-1][s]['psnr'] for r in res['batch_size'] if r['arm'] == arm and r['bs'] == b) for b in bss]
+                ax.plot(bss, v, 'o-', label=arm)   # mean over the part's seeds
             ax.set_xscale('log', base=2); ax.set_xlabel('batch size'); ax.set_ylabel('PSNR (Y) at the end, dB'); ax.set_title(s); ax.grid(alpha=.3); ax.legend(fontsize=8)
         fig.tight_layout(); fig.savefig(outdir / 'eco_batch_size.png', dpi=110); plt.close(fig)
     if 'realworld' in res:
         fig, axs = plt.subplots(1, 2, figsize=(10, 3.4))
         for ax, (k, title) in zip(axs, (('noise_0.01', 'real-world x2: σ = 0.01 noise on the LR (Set5)'), ('gold_light', "Gold 'light' degradation (Set5)"))):
-            for r in res['realworld'][k]:
-                ax.plot([q['iter'] for q in r['curve']], [q['Set5']['psnr'] for q in r['curve']], label=r['arm'])
+            for arm in ('vanilla', 'eco_sigmoid'):
+                rs = [r for r in res['realworld'][k] if r['arm'] == arm]
+                v = np.array([[q['Set5']['psnr'] for q in r['curve']] for r in rs])
+                ax.plot([q['iter'] for q in rs[0]['curve']], v.mean(0), label=f'{arm} ({len(rs)} seed{"s" if len(rs) > 1 else ""})')
             ax.set_title(title, fontsize=9); ax.set_xlabel('iteration'); ax.set_ylabel('PSNR (Y), dB'); ax.grid(alpha=.3); ax.legend(fontsize=8)
         fig.tight_layout(); fig.savefig(outdir / 'eco_realworld.png', dpi=110); plt.close(fig)
 
@@ -267,6 +290,7 @@ def report(res, outdir: Path):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--smoke', action='store_true', help='a few iterations per arm, one seed, nothing written')
+    ap.add_argument('--side-seeds', type=int, default=1, help='seeds of the batch-size and real-world parts (the committed run: 1)')
     ap.add_argument('--seeds', type=int, default=3); ap.add_argument('--n-iter', type=int, default=1000)
     ap.add_argument('--every', type=int, default=100); ap.add_argument('--bs', type=int, default=16)
     ap.add_argument('--patch', type=int, default=64); ap.add_argument('--lr', type=float, default=1e-3)
@@ -321,12 +345,12 @@ def main(argv=None):
         print('batch-size robustness', flush=True)
         bsr = []
         for bs in (2, 4, 8, 16):
-            bsr += arm_runs(('vanilla', 'eco_none'), [0], bs=bs)
+            bsr += arm_runs(('vanilla', 'eco_none'), range(a.side_seeds), bs=bs)
         res['batch_size'] = bsr
     if 'realworld' in parts:
         print('real-world x2 (sigma 0.01 noise) and Gold (light) ECO', flush=True)
-        rw = arm_runs(('vanilla', 'eco_sigmoid'), [0], lr_noise=0.01)
-        gold = arm_runs(('vanilla', 'eco_sigmoid'), [0], degrade_override='light')
+        rw = arm_runs(('vanilla', 'eco_sigmoid'), range(a.side_seeds), lr_noise=0.01)
+        gold = arm_runs(('vanilla', 'eco_sigmoid'), range(a.side_seeds), degrade_override='light')
         res['realworld'] = {'noise_0.01': rw, 'gold_light': gold}
     res['seconds_total'] = round(time.time() - t_all, 1)
     if a.smoke and not a.smoke_out: print(f"smoke run ok in {res['seconds_total']:.0f} s (nothing written)"); return res
