@@ -290,7 +290,8 @@ def report(res, outdir: Path):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--smoke', action='store_true', help='a few iterations per arm, one seed, nothing written')
-    ap.add_argument('--side-seeds', type=int, default=1, help='seeds of the batch-size and real-world parts (the committed run: 1)')
+    ap.add_argument('--side-seeds', type=int, default=1, help='seeds of the batch-size and real-world parts')
+    ap.add_argument('--side-from', type=int, default=0, help='first of those seeds (with --merge: add seeds to an earlier run)')
     ap.add_argument('--seeds', type=int, default=3); ap.add_argument('--n-iter', type=int, default=1000)
     ap.add_argument('--every', type=int, default=100); ap.add_argument('--bs', type=int, default=16)
     ap.add_argument('--patch', type=int, default=64); ap.add_argument('--lr', type=float, default=1e-3)
@@ -345,21 +346,25 @@ def main(argv=None):
         print('batch-size robustness', flush=True)
         bsr = []
         for bs in (2, 4, 8, 16):
-            bsr += arm_runs(('vanilla', 'eco_none'), range(a.side_seeds), bs=bs)
+            bsr += arm_runs(('vanilla', 'eco_none'), range(a.side_from, a.side_seeds), bs=bs)
         res['batch_size'] = bsr
     if 'realworld' in parts:
         print('real-world x2 (sigma 0.01 noise) and Gold (light) ECO', flush=True)
-        rw = arm_runs(('vanilla', 'eco_sigmoid'), range(a.side_seeds), lr_noise=0.01)
-        gold = arm_runs(('vanilla', 'eco_sigmoid'), range(a.side_seeds), degrade_override='light')
+        rw = arm_runs(('vanilla', 'eco_sigmoid'), range(a.side_from, a.side_seeds), lr_noise=0.01)
+        gold = arm_runs(('vanilla', 'eco_sigmoid'), range(a.side_from, a.side_seeds), degrade_override='light')
         res['realworld'] = {'noise_0.01': rw, 'gold_light': gold}
     res['seconds_total'] = round(time.time() - t_all, 1)
     if a.smoke and not a.smoke_out: print(f"smoke run ok in {res['seconds_total']:.0f} s (nothing written)"); return res
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     if a.merge and Path(a.out).is_file():
         old = json.loads(Path(a.out).read_text())
+        def key(r): return (r['arm'], r['seed'], r['bs'])
+        def combine(o, n): return [r for r in o if key(r) not in {key(x) for x in n}] + n   # runs of the same arm, seed and bs are replaced
+        if 'batch_size' in res and 'batch_size' in old: res['batch_size'] = combine(old['batch_size'], res['batch_size'])
+        if 'realworld' in res and 'realworld' in old: res['realworld'] = {k: combine(old['realworld'].get(k, []), v) for k, v in res['realworld'].items()}
         res = {**old, **{k: v for k, v in res.items() if k in ('main', 'batch_size', 'realworld')},
                'setup': old['setup'], 'seconds_total': old['seconds_total'] + res['seconds_total'],
-               'merged': old.get('merged', []) + [{'parts': sorted(parts), 'command': res['setup']['command'] + ' --parts ' + a.parts + ' --merge'}]}
+               'merged': old.get('merged', []) + [{'parts': sorted(parts), 'command': res['setup']['command'] + ' --parts ' + a.parts + f' --side-seeds {a.side_seeds} --side-from {a.side_from} --merge'}]}
     Path(a.out).write_text(json.dumps(res, indent=1))
     report(res, Path(a.out).parent)
     print(f"wrote {a.out} ({res['seconds_total'] / 60:.1f} min)")
