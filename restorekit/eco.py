@@ -16,7 +16,7 @@ import torch.nn as nn
 from fastprogress.fastprogress import progress_bar
 
 from .core import atomic_write_bytes
-from .silver import SilverStore
+from .silver import SilverStore, _pread_into
 from .degrade import Degrader, GoldCallback, preset
 from .metrics import psnr
 from .inference import restore, infer_scale, model_device
@@ -239,8 +239,8 @@ class CentroidStore:
     def _read(self, name:str, i:int, side:int) -> np.ndarray:
         if not 0 <= i < self.n: raise IndexError(f"patch index {i} out of range for a centroid store of {self.n} patches")
         nb = side * side * 3
-        buf = os.pread(self._fd(name), nb, i * nb)
-        if len(buf) != nb: raise OSError(f"{self.path/name}: short read at patch {i}")
+        buf = bytearray(nb)   # the Silver store's portable positioned read (os.pread is POSIX-only)
+        if _pread_into(self._fd(name), buf, i * nb) != nb: raise OSError(f"{self.path/name}: short read at patch {i}")
         return np.frombuffer(buf, np.uint8).reshape(side, side, 3)
     def read(self, i:int) -> np.ndarray:
         "`μ` of Silver patch `i`, `(P,P,3)` uint8 (what `TrainPatches(paired=...)` crops alongside the patch)."
