@@ -152,13 +152,22 @@ def atomic_write_bytes(
     return path
 
 # %% ../nbs/00_core.ipynb #eab32496
+def _yaml_loader():
+    "PyYAML's safe loader that also reads YAML 1.2 floats without a dot, such as `1e-4` (YAML 1.1 reads them as strings)."
+    import re, yaml
+    class Loader(yaml.SafeLoader): pass
+    Loader.add_implicit_resolver('tag:yaml.org,2002:float', re.compile(r'^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$'), list('-+0123456789'))
+    return Loader
+
 def parse_yaml(
+
     text:str,   # YAML text (a file's content, or a command-line value)
     what:str,   # What it is, for the message (e.g. "config file 'a.yaml'", "--model-kw")
 ):
     "Parse YAML, turning a syntax error into a one-line `ValueError` that names `what` and the line and column."
     import yaml
-    try: return yaml.safe_load(text)
+    try: return yaml.load(text, Loader=_yaml_loader())
+
     except yaml.YAMLError as e:
         m = getattr(e, 'problem_mark', None)
         where = f" at line {m.line + 1}, column {m.column + 1}" if m is not None else ''

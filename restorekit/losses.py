@@ -251,7 +251,18 @@ class VGGPerceptualLoss(nn.Module):
 # %% ../nbs/05_losses.ipynb #06254e6d
 LOSS_TERMS = ('l1', 'charbonnier', 'ms_ssim', 'lpips', 'vgg')
 
+def _lpips_term(net:str, trunk, input_range:tuple, model=None) -> nn.Module:
+    "The LPIPS term's metric: the official LPIPS, or a metric trained with `restorekit.twoafc_train` (loaded frozen)."
+    if model is None: return LPIPS(net=net, trunk=trunk, input_range=input_range, check_values=False)
+    from restorekit.twoafc_train import load_metric
+    m = load_metric(model, check_values=False)
+    if tuple(m.input_range) != tuple(input_range):
+        raise ValueError(f"RestorationLoss: the metric {str(model)!r} takes inputs in {tuple(m.input_range)}, but input_range={tuple(input_range)}; "
+                         "give the range your model produces to both")
+    return m
+
 class RestorationLoss(nn.Module):
+
     "Weighted sum of restoration losses; terms with weight 0 are not built, each term's last value is kept in `last_terms`."
     def __init__(self,
         l1:float=1.0,           # Weight of the L1 loss
@@ -260,6 +271,7 @@ class RestorationLoss(nn.Module):
         vgg:float=0.0,          # Weight of the pre-ReLU VGG19 feature loss (`VGGPerceptualLoss`)
         charbonnier:float=0.0,  # Weight of the Charbonnier loss
         lpips_net:str='alex',   # LPIPS trunk: 'alex', 'vgg' or 'squeeze'
+        lpips_model=None,       # A metric you trained (`restorekit-2afc` / `save_metric` folder) for the lpips term, instead of the official LPIPS
         trunk='imagenet',       # Trunk weights for LPIPS and VGG: 'imagenet', 'random' (tests), a path or a state dict
         charbonnier_eps:float=1e-3, # ε of the Charbonnier loss
         vgg_layers:Sequence[str]=VGG_DEFAULT_LAYERS, # Layers of the VGG loss
@@ -277,7 +289,7 @@ class RestorationLoss(nn.Module):
         if charbonnier and not charbonnier_eps > 0: raise ValueError(f"RestorationLoss: charbonnier_eps must be > 0, got {charbonnier_eps}")
         self.charbonnier_eps, self.reduction = charbonnier_eps, reduction
         try:
-            if 'lpips' in self.weights: self.lpips = LPIPS(net=lpips_net, trunk=trunk, input_range=input_range, check_values=False)
+            if 'lpips' in self.weights: self.lpips = _lpips_term(lpips_net, trunk, input_range, lpips_model)
             if 'vgg' in self.weights:
                 self.vgg = VGGPerceptualLoss(vgg_layers, vgg_weights, trunk=trunk, input_range=input_range, reduction='none')
         except TrunkWeightsError as e:

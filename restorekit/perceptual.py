@@ -16,8 +16,8 @@ import torch.nn.functional as F
 import torchvision
 
 # %% auto #0
-__all__ = ['TRUNK_ARCHS', 'LPIPS_NETS', 'NORM_EPS', 'WeightsMismatchError', 'state_dict_diff', 'load_strict', 'TrunkWeightsError',
-           'trunk_file', 'find_trunk_file', 'load_trunk', 'lpips_heads_file', 'LPIPS']
+__all__ = ['TRUNK_ARCHS', 'LPIPS_NETS', 'NORM_EPS', 'WeightsMismatchError', 'state_dict_diff', 'load_strict', 'read_weights_file',
+           'TrunkWeightsError', 'trunk_file', 'find_trunk_file', 'load_trunk', 'lpips_heads_file', 'LPIPS']
 
 # %% ../nbs/04_perceptual.ipynb #aceb64a6
 class WeightsMismatchError(ValueError):
@@ -53,6 +53,17 @@ def load_strict(
     if missing or unexpected or mismatched: raise WeightsMismatchError(what, source, missing, unexpected, mismatched)
     module.load_state_dict(sd, strict=True)
     return module
+
+def read_weights_file(
+    path,  # A `.safetensors` file, or a torch pickle (`.pth`, `.pt`), which is read with `weights_only=True`
+) -> dict:
+    "A state dict from a weights file: safetensors by its suffix, otherwise a torch pickle loaded safely."
+    p = Path(path)
+    if p.suffix == '.safetensors':
+        from safetensors.torch import load_file
+        return load_file(p)
+    return torch.load(p, map_location='cpu', weights_only=True)
+
 
 # %% ../nbs/04_perceptual.ipynb #3295a108
 TRUNK_ARCHS = ('alexnet', 'vgg16', 'vgg19', 'squeezenet1_1')
@@ -99,7 +110,7 @@ def _empty_features(arch:str) -> tuple[nn.Module, dict]:
     return model.features.to_empty(device='cpu'), shapes
 
 def _read_weights(path:Path, arch:str) -> dict:
-    try: return torch.load(path, map_location='cpu', weights_only=True)
+    try: return read_weights_file(path)
     except Exception as e: raise TrunkWeightsError(f"could not read {arch} trunk weights from {str(path)!r}: {e}") from e
 
 def _imagenet_state(arch:str) -> tuple[dict, str]:
@@ -220,7 +231,7 @@ class LPIPS(nn.Module):
         net:str='alex',              # Trunk: 'alex', 'vgg' or 'squeeze'
         version:str='0.1',           # LPIPS version: '0.1', or '0.0' (the first release: no input scaling)
         trunk:str|Path|Mapping='imagenet', # Trunk weights: 'imagenet', 'random', a `.pth` path or a state dict (see `load_trunk`)
-        heads:str|Path|Mapping='official', # Linear heads: 'official' (shipped with `lpips`), 'random', or a path/state dict in the `lpips` layout
+        heads:str|Path|Mapping='official', # Linear heads: 'official' (shipped with `lpips`), 'random', or a file (.pth / .safetensors) or state dict in the `lpips` layout
         spatial:bool=False,          # Return the per-pixel distance map `(B,1,H,W)` instead of its mean `(B,)`
         input_range:tuple=(0, 1),    # Value range of the inputs: (0,1) or (-1,1); values outside it raise
         check_values:bool=True,      # Scan inputs for NaN/Inf and out-of-range values (a device sync); False in a training loss, so NaN reaches the NaN guard
@@ -252,7 +263,7 @@ class LPIPS(nn.Module):
         else:
             p = Path(src).expanduser()
             if not p.is_file(): raise FileNotFoundError(f"heads must be 'official', 'random' or a .pth file; {str(src)!r} is not a file")
-            sd, name = torch.load(p, map_location='cpu', weights_only=True), str(p)
+            sd, name = read_weights_file(p), str(p)
         layout = nn.Module()    # the lpips layout (dropout at model.0, 1×1 conv at model.1), sharing our convs
         for k, h in enumerate(self.heads): layout.add_module(f'lin{k}', nn.Module()); getattr(layout, f'lin{k}').model = nn.Sequential(nn.Identity(), h)
         load_strict(layout, sd, f"the LPIPS-{self.net} heads (lin0-lin{len(self.heads) - 1})", name)

@@ -21,8 +21,8 @@ import tempfile, time, traceback, warnings
 from pathlib import Path
 
 PUBLIC = ['core', 'silver', 'kernels', 'imresize', 'degrade', 'perceptual', 'losses', 'metrics', 'models', 'learner',
-          'callbacks', 'train', 'inference', 'upscale', 'export']
-SCRIPTS = ['restorekit-silver', 'restorekit-train', 'restorekit-upscale', 'restorekit-export']
+          'callbacks', 'train', 'inference', 'upscale', 'export', 'eco', 'twoafc', 'twoafc_train', 'twoafc_run']
+SCRIPTS = ['restorekit-silver', 'restorekit-train', 'restorekit-upscale', 'restorekit-export', 'restorekit-2afc']
 EXTRAS = {'onnx': 'export', 'onnxruntime': 'export', 'accelerate': 'distributed'}   # optional packages: their extra
 DEV_ONLY = ['nbdev', 'pytest', 'hypothesis']
 RUN_FILES = ['config.yaml', 'best.safetensors', 'log.jsonl', 'loss_curve.png', 'comparison.png', 'summary.json',
@@ -166,6 +166,21 @@ def installed_checks():
 
     @check("restorekit-export without onnx says to install restorekit[export]")
     def _(): export_needs_extra(need('run'), tmp)
+
+    @check("restorekit-2afc: a tiny lin metric on the offline set (synthetic judgments), scored, then a restoration loss")
+    def _():
+        run = tmp/'afc'
+        r = sh('restorekit-2afc', 'train', '--preset', 'demo', '--run-dir', run, '--set', 'synthetic.n_train=100', 'synthetic.n_val=50',
+               'epochs=1', 'decay_epochs=1', timeout=600)
+        assert r.returncode == 0, r.stdout + r.stderr
+        summary = json.loads((run/'summary.json').read_text())
+        assert summary['judgments'] == 'synthetic' and 0 <= summary['val_2afc'] <= 1
+        r = sh('restorekit-2afc', 'score', '--metric', run, '--data', run/'synthetic', '--json')
+        assert r.returncode == 0 and abs(json.loads(r.stdout)['twoafc'] - summary['val_2afc']) < 1e-6, r.stdout + r.stderr
+        from restorekit.losses import RestorationLoss
+        import torch
+        crit = RestorationLoss(l1=1., ms_ssim=0., lpips=1., lpips_model=run/'metric')
+        assert math.isfinite(float(crit(torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64))))
 
     @check("learn.distrib_ctx() without accelerate says to install restorekit[distributed]")
     def _():
