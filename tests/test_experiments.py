@@ -54,3 +54,52 @@ def test_eco_experiment_smoke():
     assert r.returncode == 0, r.stderr[-3000:]
     for arm in ('vanilla', 'kd', 'eco_none', 'eco_linear', 'eco_sigmoid'): assert f'{arm} ' in r.stdout, r.stdout
     assert 'smoke run ok' in r.stdout
+
+
+def _lst_module():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('lst_experiment', ROOT / 'experiments' / 'lin_scratch_tune.py')
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    return mod
+
+
+def test_lin_scratch_tune_statistics():
+    "McNemar on a hand table, Cohen's d and the paired t on a worked example, bootstrap CI coverage on a simulated case."
+    import numpy as np
+    lst = _lst_module()
+    a = np.array([1] * 10 + [0] * 2 + [1] * 5 + [0] * 3, bool)   # b = 10 (a right, b wrong), c = 2, 5 both right, 3 both wrong
+    b = np.array([0] * 10 + [1] * 2 + [1] * 5 + [0] * 3, bool)
+    m = lst.mcnemar(a, b)
+    assert (m['b'], m['c']) == (10, 2) and abs(m['p'] - 2 * (1 + 12 + 66) / 4096) < 1e-12        # exact: 2·P(X ≤ 2 | 12, ½)
+    assert lst.mcnemar(a, a)['p'] == 1.0
+    x, y = [1., 2., 3., 4.], [0., 0., 0., 0.]                   # differences 1..4: mean 2.5, sd 1.2910 (ddof 1)
+    assert abs(lst.cohens_d_paired(x, y) - 2.5 / 1.2909944) < 1e-6
+    t = lst.paired_t(x, y)                                      # t = 2.5 / (1.2910 / 2) = 3.8730, df 3: p = 0.03047
+    assert abs(t['t'] - 3.8729833) < 1e-6 and abs(t['p'] - 0.030466) < 1e-5
+    assert np.isnan(lst.paired_t([1.], [0.])['p'])
+    rng = np.random.default_rng(0)                              # coverage of the 95 % bootstrap CI of a Bernoulli(0.7) mean, n = 200
+    hits = sum(lo <= 0.7 <= hi for lo, hi in (lst.bootstrap_ci(rng.random(200) < 0.7, n_resamples=1000, seed=i) for i in range(200)))
+    assert 0.90 <= hits / 200 <= 0.99, hits
+    d = lst.paired_bootstrap_diff(np.ones(50), np.zeros(50))
+    assert d['diff'] == 1.0 and d['ci'] == [1.0, 1.0] and d['p_bootstrap'] == 0.0
+    lo, hi = lst.t_ci([1., 2., 3.])
+    assert abs(lo - (2 - 2.4841)) < 1e-3 and abs(hi - (2 + 2.4841)) < 1e-3
+
+
+@pytest.mark.skipif(shared_data() is None or not (shared_data() / 'Kodak24').is_dir(), reason='needs ../shared/data (Kodak24, IMDN x2)')
+def test_lin_scratch_tune_smoke(tmp_path):
+    "The protocol end to end on a tiny synthetic set (machinery, not claims): a complete table; a rerun reproduces the numbers."
+    import json
+    lst = _lst_module()
+    res = lst.main(['--smoke', '--trunks', 'alex', 'sr', '--out', str(tmp_path / 'a')])
+    rows = res['summary']['rows']
+    assert set(rows) == {'alex/scratch', 'sr/lin', 'sr/scratch', 'sr/tune'} and res['judgments'] == 'synthetic'
+    assert {(s['trunk'], s['paradigm']) for s in res['skipped']} == {('alex', 'lin'), ('alex', 'tune')}   # no ImageNet weights offline
+    assert len(res['summary']['comparisons']) == 3 and all(0 <= r['twoafc'] <= 1 for r in rows.values())
+    assert {'L2 (Lab)', '1 - SSIM', '1 - MS-SSIM (3x3)', '-PSNR'} <= set(res['summary']['baselines'])
+    md = (tmp_path / 'a' / 'lin_scratch_tune_table.md').read_text()
+    assert 'synthetic judgments' in md and 'Published' in md and 'not run' in md
+    for f in ('lst_curves.png', 'lst_heads.png', 'lst_lr.png', 'lin_scratch_tune.json'): assert (tmp_path / 'a' / f).is_file()
+    again = lst.main(['--smoke', '--trunks', 'alex', '--paradigms', 'scratch', '--out', str(tmp_path / 'b')])
+    assert again['summary']['rows']['alex/scratch']['twoafc_per_seed'] == rows['alex/scratch']['twoafc_per_seed']
+    assert json.loads((tmp_path / 'b' / 'lin_scratch_tune.json').read_text())['summary']['baselines']['L2 (Lab)']['twoafc'] == res['summary']['baselines']['L2 (Lab)']['twoafc']
