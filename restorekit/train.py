@@ -29,7 +29,7 @@ from .callbacks import read_checkpoint, CheckpointError
 
 # %% auto #0
 __all__ = ['DEMO_VALID', 'LOSS_TERMS', 'TRAIN_PRESETS', 'ECO_KEYS', 'KD_KEYS', 'RUN_OUTPUTS', 'TrainConfig', 'check_config',
-           'load_config', 'torch_threads', 'train', 'train_cli']
+           'config_source', 'config_dict', 'load_config', 'torch_threads', 'train', 'train_cli']
 
 # %% ../nbs/09b_train.ipynb #c0f9c193
 DEMO_VALID = ('chelsea.png', 'coffee.png')   # bundled photos held out of the default Silver store, for validation
@@ -189,7 +189,7 @@ def check_config(
 def _merge(base:dict, upd:dict, where:str='') -> dict:
     out = dict(base)
     for k, v in upd.items():
-        if not where and k not in out: raise _unknown(k, [f.name for f in fields(TrainConfig)])
+        if not where and k not in out: raise _unknown(k, list(base))
         if isinstance(out.get(k), dict) and isinstance(v, dict): out[k] = {**out[k], **v}
         else: out[k] = v
     return out
@@ -208,27 +208,46 @@ def _override(d:dict, s:str) -> dict:
     return d
 
 # %% ../nbs/09b_train.ipynb #da5fb07f
+def config_source(
+    src,   # A config dataclass instance, a YAML file, a mapping, or None
+    cls,   # The config's dataclass (e.g. `TrainConfig`)
+) -> dict:
+    "A config source as a plain dict: an instance's fields, a YAML file's mapping (one-line errors), or the mapping itself."
+    if isinstance(src, cls): return asdict(src)
+    if isinstance(src, (str, Path)):
+        p = Path(src)
+        if not p.is_file(): raise FileNotFoundError(f"config file {str(p)!r} does not exist")
+        src = parse_yaml(p.read_text(), f'config file {str(p)!r}') or {}
+        if not isinstance(src, dict): raise ValueError(f"config file {str(p)!r} must hold a mapping of keys to values")
+    return dict(src or {})
+
+def config_dict(
+    cls,                   # The config's dataclass
+    presets:dict,          # Its presets, `{name: {key: value}}`
+    src=None,              # An instance, a YAML file or a mapping, merged over the preset
+    overrides=None,        # `a.b=value` strings applied last
+    preset:str|None=None,  # The preset to start from (a `preset:` key in `src` also works)
+) -> dict:                 # The config's fields, unchecked
+    "A config's fields: `cls`'s defaults, then the preset, then `src`, then the `a.b=value` overrides; unknown keys are refused."
+    src = config_source(src, cls)
+    preset = preset or src.get('preset')
+    d = asdict(cls())
+    if preset is not None:
+        if preset not in presets: raise _unknown(preset, presets, 'preset')
+        d = _merge(d, {**presets[preset], 'preset': preset})
+    d = _merge(d, src)
+    for s in overrides or []: d = _override(d, s)
+    return d
+
 def load_config(
+
     src=None,              # YAML file, dict or `TrainConfig` merged over the base (None: nothing)
     overrides=None,        # `a.b=value` strings applied last
     preset:str|None=None,  # Start from this preset of `TRAIN_PRESETS` (a `preset:` key in `src` also works)
     check_paths:bool=True, # Check that the files named exist
 ) -> TrainConfig:
     "A checked `TrainConfig` from a preset, a YAML file or dict, and command-line style overrides."
-    if isinstance(src, TrainConfig): src = asdict(src)
-    elif isinstance(src, (str, Path)):
-        p = Path(src)
-        if not p.is_file(): raise FileNotFoundError(f"config file {str(p)!r} does not exist")
-        src = parse_yaml(p.read_text(), f'config file {str(p)!r}') or {}
-        if not isinstance(src, dict): raise ValueError(f"config file {str(p)!r} must hold a mapping of keys to values")
-    src = dict(src or {})
-    preset = preset or src.get('preset')
-    d = asdict(TrainConfig())
-    if preset is not None:
-        if preset not in TRAIN_PRESETS: raise _unknown(preset, TRAIN_PRESETS, 'preset')
-        d = _merge(d, {**TRAIN_PRESETS[preset], 'preset': preset})
-    d = _merge(d, src)
-    for s in overrides or []: d = _override(d, s)
+    d = config_dict(TrainConfig, TRAIN_PRESETS, src, overrides, preset)
     if isinstance(d.get('loss'), dict): d['loss'] = {**{k: 0.0 for k in LOSS_TERMS}, **d['loss']}
     return check_config(TrainConfig(**d), check_paths)
 
