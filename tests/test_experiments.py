@@ -103,3 +103,18 @@ def test_lin_scratch_tune_smoke(tmp_path):
     again = lst.main(['--smoke', '--trunks', 'alex', '--paradigms', 'scratch', '--out', str(tmp_path / 'b')])
     assert again['summary']['rows']['alex/scratch']['twoafc_per_seed'] == rows['alex/scratch']['twoafc_per_seed']
     assert json.loads((tmp_path / 'b' / 'lin_scratch_tune.json').read_text())['summary']['baselines']['L2 (Lab)']['twoafc'] == res['summary']['baselines']['L2 (Lab)']['twoafc']
+
+
+def test_lin_scratch_tune_on_the_bapps_layout_with_jnd(tmp_path):
+    "The real-reproduction path (--data in the BAPPS layout, JND folders present) on a generated fixture: per-category rows and JND mAP."
+    from restorekit.twoafc import write_bapps_fixture
+    lst = _lst_module()
+    d = tmp_path / 'dataset'
+    write_bapps_fixture(d, split='train', categories=('traditional', 'cnn', 'mix'), n=20)
+    write_bapps_fixture(d, split='val', categories=('traditional', 'cnn', 'superres', 'deblur', 'color', 'frameinterp'), n=8, jnd=True)
+    res = lst.main(['--data', str(d), '--trunks', 'alex', '--paradigms', 'scratch', '--seeds', '0', '--epochs', '1', '--decay-epochs', '0',
+                    '--n-train', '0', '--out', str(tmp_path / 'out')])
+    row = res['summary']['rows']['alex/scratch']
+    assert res['summary']['categories'] == ['traditional', 'cnn', 'superres', 'deblur', 'color', 'frameinterp'] and res['n_train'] == 60
+    assert res['judgments'] != 'synthetic' and res['jnd'] and 0 <= row['jnd_map'] <= 1
+    assert all(0 <= res['summary']['baselines'][k]['jnd_map'] <= 1 for k in ('L2 (Lab)', '-PSNR'))
