@@ -24,11 +24,15 @@ def test_finetune_defaults_smoke():
     assert len(before) == 1 and abs(before.pop() - 38.00) < 0.05    # IMDN x2 on Set5: the published 38.00 dB
 
 
-def _eco_module():
+def _experiment(name: str):
+    "The module of experiments/{name}.py (the scripts are not a package)."
     import importlib.util
-    spec = importlib.util.spec_from_file_location('eco_experiment', ROOT / 'experiments' / 'eco.py')
+    spec = importlib.util.spec_from_file_location(f'{name}_experiment', ROOT / 'experiments' / f'{name}.py')
     mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
     return mod
+
+
+def _eco_module(): return _experiment('eco')
 
 
 def test_eco_statistics():
@@ -56,11 +60,7 @@ def test_eco_experiment_smoke():
     assert 'smoke run ok' in r.stdout
 
 
-def _lst_module():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location('lst_experiment', ROOT / 'experiments' / 'lin_scratch_tune.py')
-    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
-    return mod
+def _lst_module(): return _experiment('lin_scratch_tune')
 
 
 def test_lin_scratch_tune_statistics():
