@@ -9,13 +9,14 @@ one photo held out for the learner's validation image.
 
 Arms, each trained for `warmup + iters` iterations per round on its own model (same init):
   learner_plain  `restoration_learner(..., grad_clip=None, ema=None)` + `fit_iters`
-  loop_plain     python for-loop: next HR batch, `hr.to(device)`, `Degrader(hr)`, forward, `F.l1_loss`, backward,
+  loop_plain     python for-loop: next HR batch, `hr.to(device)`, its keyed Gold plan and `Degrader.apply` (what the
+                 learner's loader and GoldCallback do with 0 workers), forward, `F.l1_loss`, backward,
                  `torch.optim.AdamW.step()` (torch's default implementation for the device), `zero_grad()`
   learner_full   `restoration_learner` defaults: gradient clipping 1.0 and an EMA (0.999) of the weights
   loop_full      loop_plain + `clip_grad_norm_(params, 1.0)` + an EMA lerp of the state dict after each step
 The loops draw batches from a plain `torch.utils.data.DataLoader` over the same `TrainPatches` dataset and a
 `PatchSampler` with the learner's seed and pass length; at the start of each round every arm's sampler is set to the
-same pass and every arm's Degrader to the same random state, so all four arms train on identical (LR, HR) batches
+same pass and every arm's Degrader to the same seed (the Gold plans are keyed by the batch's crop seeds), so all four arms train on identical (LR, HR) batches
 (checked: the LR batch of each arm's first iteration is compared). The learner arms include everything fastai does
 per iteration (its DataLoader, callbacks, recorder, metrics, progress bar unless `--no-bar`); the per-fit set-up
 and the end-of-fit validation (one 96x96 image) are outside the timed window and reported separately.
@@ -87,11 +88,13 @@ class TimedDegrader:
     "Wraps a Degrader: synchronised wall time of each call, for the in-step Gold share."
     def __init__(self, deg, dev): self.deg, self.dev, self.times = deg, dev, []
     def __getattr__(self, k): return getattr(self.deg, k)
-    def __call__(self, hr, **kw):
+    def _timed(self, fn, *a, **kw):
         sync(self.dev); t0 = time.perf_counter()
-        out = self.deg(hr, **kw)
+        out = fn(*a, **kw)
         sync(self.dev); self.times.append(time.perf_counter() - t0)
         return out
+    def __call__(self, hr, **kw): return self._timed(self.deg, hr, **kw)
+    def apply(self, hr, plan, **kw): return self._timed(self.deg.apply, hr, plan, **kw)   # the loader drew the plan
 
 
 def cosine(i, n, lr):
@@ -121,9 +124,12 @@ class Loop:
         "Train `n` iterations; seconds from the end of iteration `start` to the end of the last, and the first LR checksum."
         dev, model, opt = self.dev, self.model, self.opt
         first = t0 = None
+        keys = self.sampler.draw(self.sampler.epoch)          # the pass the DataLoader is about to draw
+        bs = self.dl.batch_size
         for i, (hr,) in enumerate(self.dl):
             for g in opt.param_groups: g['lr'] = cosine(i, self.n, LR)
-            lq, hq = self.deg(hr.to(dev, non_blocking=True))
+            plan = self.deg.plan(bs, *hr.shape[-2:], key=[s for _, s in keys[i * bs:(i + 1) * bs]])   # as the learner's loader does
+            lq, hq = self.deg.apply(hr.to(dev, non_blocking=True), plan)
             if first is None: first = lq.double().sum().item()              # warm-up iteration: not timed
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.amp):
                 pred = model(lq)
@@ -203,10 +209,11 @@ def main(device='cpu', rounds=5, iters=None, warmup=None, batch=16, patch=96, sc
             sampler = PatchSampler(len(silver), n * batch, seed); deg = Degrader(cfg, seed)
             reset(sampler, deg, r)
             dl = torch.utils.data.DataLoader(TrainPatches(silver, patch), batch_size=batch, sampler=sampler, drop_last=True)
-            ts = []
+            ts, keys = [], sampler.draw(sampler.epoch)
             for i, (hr,) in enumerate(dl):
                 hr = hr.to(dev)
-                sync(dev); t0 = time.perf_counter(); deg(hr); sync(dev)
+                sync(dev); t0 = time.perf_counter()
+                deg.apply(hr, deg.plan(batch, patch, patch, key=[s for _, s in keys[i * batch:(i + 1) * batch]])); sync(dev)
                 if i >= warmup: ts.append(time.perf_counter() - t0)
             return statistics.mean(ts)
 

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from restorekit.core import load_image, shared_data
-from restorekit.degrade import gold_validation_set, preset
+from restorekit.degrade import preset
+from restorekit.gold import gold_validation_set
 from restorekit.silver import build_silver, SilverStore
 from restorekit.eco import ECO, KD, LRNoise, CentroidStore, build_centroids, bicubic_down
 from restorekit.learner import restoration_dls, restoration_learner

@@ -14,7 +14,7 @@ import torch
 from fastcore.foundation import L
 
 from .core import atomic_write_bytes
-from .degrade import GoldCallback
+from .gold import GoldCallback
 from .learner import CosineWarmup, EMACallback, StopAfter, bare_model, iters_per_epoch, fitting, _plain
 from .models import read_state_dict, save_weights
 from .perceptual import load_strict

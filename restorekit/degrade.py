@@ -6,13 +6,13 @@ Docs: https://restorekit.github.io/restorekit/degrade.html.md"""
 
 # %% ../nbs/03_degrade.ipynb #aa12201c
 from __future__ import annotations
-import copy, dataclasses, hashlib, json, math, os, time, warnings
+import dataclasses, hashlib, json, math, os, time, warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, asdict
-from pathlib import Path
 
 import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.io import decode_jpeg, encode_jpeg
@@ -22,12 +22,11 @@ from .kernels import BlurConfig, sample_blur_kernels, sample_sinc_kernels
 from .imresize import imresize
 
 # %% auto #0
-__all__ = ['RESIZE_MODES', 'SCALES', 'PIPELINES', 'PRESETS', 'check_batch', 'kernel_support', 'filter2d', 'gaussian_kernel1d',
-           'filter_matrix', 'separable_blur', 'usm_sharpen', 'resize', 'quantize', 'to_gray', 'poisson_table',
-           'sample_poisson_levels', 'add_gaussian_noise', 'add_poisson_noise', 'jpeg', 'jpeg_list', 'paired_crop',
-           'StageConfig', 'DegradeConfig', 'realesrgan', 'bsrgan', 'light', 'jpeg_heavy', 'bicubic', 'preset',
-           'add_correlated_noise', 'correlated_noise', 'Degrader', 'show_gold_grid', 'GoldCallback', 'PairedDataset',
-           'gold_validation_set', 'degrade_explorer']
+__all__ = ['RESIZE_MODES', 'JPEG_CODECS', 'SCALES', 'PIPELINES', 'PRESETS', 'check_batch', 'kernel_support', 'filter2d',
+           'gaussian_kernel1d', 'filter_matrix', 'separable_blur', 'usm_sharpen', 'resize', 'quantize', 'to_gray',
+           'poisson_table', 'sample_poisson_levels', 'add_gaussian_noise', 'add_poisson_noise', 'jpeg', 'jpeg_list',
+           'paired_crop', 'StageConfig', 'DegradeConfig', 'realesrgan', 'bsrgan', 'light', 'jpeg_heavy', 'bicubic',
+           'preset', 'add_correlated_noise', 'correlated_noise', 'Degrader', 'key_seed']
 
 # %% ../nbs/03_degrade.ipynb #8b8abca7
 def check_batch(
@@ -346,12 +345,15 @@ def add_poisson_noise(
     return out.clamp_(0, 1) if clip else out
 
 # %% ../nbs/03_degrade.ipynb #d58c764e
+JPEG_CODECS = ('host', 'device')
+
 def jpeg(
     x:torch.Tensor,          # `(B,3,H,W)` in [0,1]
     quality:torch.Tensor,    # `(B,)` JPEG qualities 1-100 (rounded)
+    codec:str='host',        # 'host': libjpeg through OpenCV on the CPU; 'device': torchvision's codec where `x` lives (nvJPEG on CUDA)
 ) -> torch.Tensor:
-    "Compress and decompress each sample with libjpeg at its own quality."
-    return torch.cat(jpeg_list(list(x.split(1)), quality))
+    "Compress and decompress each sample at its own quality."
+    return torch.cat(jpeg_list(list(x.split(1)), quality, codec))
 
 def _to_cpu_once(ts:list) -> list:
     "`ts` on the CPU with a single device-to-host copy."
@@ -362,28 +364,44 @@ def _to_cpu_once(ts:list) -> list:
 def jpeg_list(
     xs:list,                 # `(1,3,h,w)` tensors in [0,1], sizes may differ
     quality:torch.Tensor,    # `(len(xs),)` JPEG qualities 1-100 (rounded)
+    codec:str='host',        # One of `JPEG_CODECS` (see `jpeg`)
 ) -> list:
-    "`jpeg` for a list of differently sized images; the codec calls run in a thread pool."
+    "`jpeg` for a list of differently sized images; the host codec's calls run in a thread pool."
+    if codec not in JPEG_CODECS: raise ValueError(f"jpeg codec must be one of {JPEG_CODECS}, got {codec!r}")
     q = quality.round().clamp(1, 100).int().tolist()
     dev, dt = xs[0].device, xs[0].dtype
     u8 = [x[0].detach().mul(255).round_().clamp_(0, 255).to(torch.uint8) for x in xs]
+    if codec == 'device': return [o.to(dt).unsqueeze(0) / 255 for o in _jpeg_torchvision(u8, q)]
     outs = list(_jpeg_pool().map(_jpeg_cpu, _to_cpu_once(u8), q))   # OpenCV releases the GIL
     if dev.type != 'cpu':                                            # one host-to-device copy back
         flat = torch.cat([o.reshape(-1) for o in outs]).to(dev, non_blocking=True)
         outs = [f.view(o.shape) for f, o in zip(flat.split([o.numel() for o in outs]), outs)]
     return [o.to(dt).unsqueeze(0) / 255 for o in outs]
 
-_POOL = None
+_POOL = (None, None)
 def _jpeg_pool():
+    "This process's codec threads (a forked DataLoader worker inherits the parent's pool without its threads: it makes its own)."
     global _POOL
-    if _POOL is None: _POOL = ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1)), thread_name_prefix='rk-jpeg')
-    return _POOL
+    if _POOL[1] != os.getpid(): _POOL = (ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1)), thread_name_prefix='rk-jpeg'), os.getpid())
+    return _POOL[0]
 
 def _jpeg_cpu(u8:torch.Tensor, q:int) -> torch.Tensor:
     "libjpeg round trip of a `(3,H,W)` uint8 image through OpenCV: bit-identical to `torchvision.io`, ~2× faster."
     bgr = cv2.cvtColor(u8.permute(1, 2, 0).numpy(), cv2.COLOR_RGB2BGR)
     ok, buf = cv2.imencode('.jpg', bgr, [cv2.IMWRITE_JPEG_QUALITY, q])
     return torch.from_numpy(cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)).permute(2, 0, 1)
+
+def _jpeg_torchvision(u8:list, q:list) -> list:
+    "Round trips of `(3,H,W)` uint8 images through torchvision's codec on their device: one batched encode per quality, one batched decode."
+    enc, by_q = [None] * len(u8), {}
+    for i, qi in enumerate(q): by_q.setdefault(qi, []).append(i)
+    with warnings.catch_warnings():   # torchvision 0.29 deprecates its codecs in favour of TorchCodec; they still work
+        warnings.simplefilter('ignore', category=DeprecationWarning); warnings.simplefilter('ignore', category=UserWarning)
+        for qi, idx in by_q.items():
+            for i, e in zip(idx, encode_jpeg([u8[i] for i in idx], quality=qi)): enc[i] = e
+        dev = u8[0].device
+        enc = _to_cpu_once(enc)        # decode_jpeg reads the (few-kB) streams from host memory
+        return decode_jpeg(enc, device=dev) if dev.type == 'cuda' else [decode_jpeg(e) for e in enc]
 
 # %% ../nbs/03_degrade.ipynb #7124eba2
 def paired_crop(
@@ -600,8 +618,11 @@ class Degrader:
     def __init__(self,
         config:DegradeConfig|str='realesrgan', # A config or a preset name
         seed:int|None=None,                    # Seed for every random choice; None: from torch's global RNG
+        jpeg_codec:str='host',                 # 'host' (libjpeg on the CPU, the reference) or 'device' (torchvision's codec where the batch lives)
     ):
         self.cfg = preset(config) if isinstance(config, str) else config.validate()
+        if jpeg_codec not in JPEG_CODECS: raise ValueError(f"Degrader: jpeg_codec must be one of {JPEG_CODECS}, got {jpeg_codec!r}")
+        self.jpeg_codec = jpeg_codec
         if seed is None: seed = int(torch.randint(0, 2**62, (1,)).item())
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise TypeError(f"Degrader: seed must be a whole number >= 0 or None, got {seed!r}")
@@ -637,24 +658,47 @@ class Degrader:
         if st1 is not None and st2 is not None and st2.blur is not None: need.append((r + 1) / st1.resize_range[0])
         return math.ceil(max(need))
 
+    def check(self,
+        hr:torch.Tensor,       # The batch to degrade
+        check_range:bool=True, # Also check the values are in [0,1] (one device sync)
+    ) -> torch.Tensor:
+        "Raise a clear error unless `hr` is a batch this degrader accepts."
+        check_batch(hr, 'hr', self.min_size, check_range)
+        H, W, s = *hr.shape[-2:], self.cfg.scale
+        if H % s or W % s: raise ValueError(f"hr is {H}x{W}, not divisible by scale {s}; crop patches to a multiple of {s}")
+        return hr
+
     def __call__(self,
         hr:torch.Tensor,       # `(B,3,H,W)` float in [0,1], H and W divisible by `scale`
         record:bool=False,     # Also return the per-sample records
-        check:bool=True,       # Validate the input (one device sync for the range check)
+        check:bool|str=True,   # Validate the input; 'shape': all but the range check (which syncs the device)
         profile:dict|None=None, # If a dict, seconds per step are added to it (syncing the device around each step)
     ):
         "Degrade `hr`; return `(lq, hq)`, or `(lq, hq, records)` with `record=True`."
-        if isinstance(hr, torch.Tensor) and hr.device.type == 'cpu' and hr.dtype in (torch.float16, torch.bfloat16):   # CPU half kernels crawl (a depthwise
-            out = self(hr.float(), record, check, profile)                       # conv took > 60 s): compute in float32
+        if check: self.check(hr, check_range=check != 'shape')
+        t0 = time.perf_counter()
+        plan = self.plan(hr.shape[0], *hr.shape[-2:])
+        if profile is not None: profile['plan'] = profile.get('plan', 0.0) + time.perf_counter() - t0   # CPU only: no sync needed
+        return self.apply(hr, plan, record, check=False, profile=profile)
+
+    def apply(self,
+        hr:torch.Tensor,       # `(B,3,H,W)` float in [0,1]
+        plan:list,             # `plan(B, H, W)`'s per-sample choices (drawn ahead, e.g. in a DataLoader worker)
+        record:bool=False,     # Also return the per-sample records
+        check:bool|str=True,   # As in `__call__`; the plan is always checked against the batch
+        profile:dict|None=None, # As in `__call__`
+    ):
+        "Degrade `hr` following a plan drawn beforehand: the pixel work of `__call__`."
+        if check: self.check(hr, check_range=check != 'shape')
+        B, _, H, W = hr.shape
+        if len(plan) != B or plan[0].get('_hw', (H, W)) != (H, W):
+            raise ValueError(f"the plan is for {len(plan)} images of {plan[0].get('_hw') if plan else '?'}, the batch has {B} of {(H, W)}: "
+                             "draw it with plan(B, H, W) for this batch")
+        if hr.device.type == 'cpu' and hr.dtype in (torch.float16, torch.bfloat16):   # CPU half kernels crawl (a depthwise
+            out = self.apply(hr.float(), plan, record, False, profile)               # conv took > 60 s): compute in float32
             return (out[0].to(hr.dtype), out[1].to(hr.dtype), *out[2:])
         cfg, s = self.cfg, self.cfg.scale
         self._prof, self._dev = profile, hr.device
-        if check:
-            check_batch(hr, 'hr', self.min_size)
-            H, W = hr.shape[-2:]
-            if H % s or W % s: raise ValueError(f"hr is {H}x{W}, not divisible by scale {s}; crop patches to a multiple of {s}")
-        B, _, H, W = hr.shape
-        with self._timed('plan'): plan = self.plan(B, H, W)
         with self._timed('usm'): hq = usm_sharpen(hr, cfg.usm_radius, cfg.usm_weight, cfg.usm_threshold) if cfg.usm else hr
         if cfg.pipeline == 'bicubic':
             with self._timed('resize'):   # MATLAB's imresize on 8-bit data: rounds after each pass, as the benchmark LR files were made
@@ -676,9 +720,9 @@ class Degrader:
 
 # %% ../nbs/03_degrade.ipynb #cd788174
 @patch
-def _plan_stage(self:Degrader, plan:list, st:StageConfig, name:str, base:tuple, blur:bool=True, jpeg:bool=False):
-    "Draw one stage's choices for every sample into `plan` (always the same number of draws)."
-    n, g = len(plan), self.gen
+def _plan_stage(self:Degrader, plan:list, st:StageConfig, name:str, base:tuple, g:torch.Generator, blur:bool=True, jpeg:bool=False):
+    "Draw one stage's choices for every sample into `plan` from `g` (always the same number of draws)."
+    n = len(plan)
     if blur and st.blur is not None:
         do = _bern(g, n, st.blur_prob)
         ks, krec = sample_blur_kernels(n, st.blur, generator=g)
@@ -705,9 +749,9 @@ def _plan_stage(self:Degrader, plan:list, st:StageConfig, name:str, base:tuple, 
         if jpeg: p[f'{name}.jpeg'] = int(jq[i]) if jdo[i] else None
 
 @patch
-def _plan_final(self:Degrader, plan:list):
-    "Draw the final step's choices: order, resize mode, sinc kernel, JPEG qualities."
-    cfg, g, n = self.cfg, self.gen, len(plan)
+def _plan_final(self:Degrader, plan:list, g:torch.Generator):
+    "Draw the final step's choices from `g`: order, resize mode, sinc kernel, JPEG qualities."
+    cfg, n = self.cfg, len(plan)
     first = _bern(g, n, cfg.jpeg_first_prob)
     modes = _pick(g, n, cfg.final_resize_modes)
     sinc, srec = sample_sinc_kernels(n, cfg.final_sinc_prob, omega_range=cfg.final_sinc_omega, generator=g)
@@ -723,15 +767,24 @@ def _plan_final(self:Degrader, plan:list):
 
 _BSR_OPS = ('blur1', 'blur2', 'down', 'noise', 'jpeg')
 
+def key_seed(
+    seed:int,     # The degrader's seed
+    key,          # Whole numbers naming the batch (e.g. its samples' crop seeds)
+) -> int:         # A 63-bit seed
+    "A generator seed that depends only on `seed` and `key` (NumPy's `SeedSequence` mixing)."
+    return int(np.random.SeedSequence([int(seed), *[int(k) for k in key]]).generate_state(2, np.uint64)[0]) >> 1
+
 @patch
 def plan(self:Degrader,
     n:int,   # Number of samples
     H:int,   # HR height
     W:int,   # HR width
+    key=None, # None: draw from the degrader's generator (advancing it); whole numbers: from a generator seeded by `(seed, key)` alone
 ) -> list:   # One dict per sample: the records, plus private `_`-prefixed kernels and seeds
     "Draw every random choice for a batch of `n` HR images of size `H×W`."
-    cfg, g = self.cfg, self.gen
-    plan = [dict(usm=cfg.usm) for _ in range(n)]
+    cfg = self.cfg
+    g = self.gen if key is None else torch.Generator().manual_seed(key_seed(self.seed, key))
+    plan = [dict(usm=cfg.usm, _hw=(H, W)) for _ in range(n)]
     if cfg.pipeline == 'bicubic':
         for p in plan: p['resize_mode'] = 'matlab'
         return plan
@@ -741,20 +794,20 @@ def plan(self:Degrader,
     if cfg.pipeline == 'bsrgan':
         for p in plan: p['order'] = [_BSR_OPS[j] for j in torch.randperm(len(_BSR_OPS), generator=g).tolist()]
         st = cfg.stage1
-        self._plan_stage(plan, st, 'blur1', (H, W), blur=True)
-        self._plan_stage(plan, st, 'blur2', (H, W), blur=True)
-        self._plan_stage(plan, st, 'down', (H, W), blur=False)
-        self._plan_stage(plan, st, 'noise', (H, W), blur=False)
-        self._plan_stage(plan, st, 'jpeg', (H, W), blur=False, jpeg=True)
+        self._plan_stage(plan, st, 'blur1', (H, W), g, blur=True)
+        self._plan_stage(plan, st, 'blur2', (H, W), g, blur=True)
+        self._plan_stage(plan, st, 'down', (H, W), g, blur=False)
+        self._plan_stage(plan, st, 'noise', (H, W), g, blur=False)
+        self._plan_stage(plan, st, 'jpeg', (H, W), g, blur=False, jpeg=True)
         for p in plan:   # each op record keeps only its own part
             for k in [k for k in p if k.split('.')[0] in ('blur1', 'blur2') and k.split('.')[1] not in ('blur', 'kernel')]: del p[k]
             for k in [k for k in p if k.startswith('down.') and k.split('.')[1] not in ('resize', 'scale', 'resize_mode', 'size')]: del p[k]
             for k in [k for k in p if k.startswith('noise.') and k.split('.')[1] not in ('noise', 'noise_level', 'gray')]: del p[k]
             for k in [k for k in p if k.startswith('jpeg.') and k != 'jpeg.jpeg']: del p[k]
     else:
-        if cfg.stage1 is not None: self._plan_stage(plan, cfg.stage1, 'stage1', (H, W), jpeg=True)
-        if cfg.stage2 is not None: self._plan_stage(plan, cfg.stage2, 'stage2', lr)
-    self._plan_final(plan)
+        if cfg.stage1 is not None: self._plan_stage(plan, cfg.stage1, 'stage1', (H, W), g, jpeg=True)
+        if cfg.stage2 is not None: self._plan_stage(plan, cfg.stage2, 'stage2', lr, g)
+    self._plan_final(plan, g)
     return plan
 
 # %% ../nbs/03_degrade.ipynb #83814b7d
@@ -808,7 +861,7 @@ def _exec_jpeg(self:Degrader, xs, plan, key, sel=None):
     sel = [i for i in (range(len(xs)) if sel is None else sel) if plan[i].get(key) is not None]
     if sel:
         q = torch.tensor([float(plan[i][key]) for i in sel])
-        for i, y in zip(sel, jpeg_list([xs[i] for i in sel], q)): xs[i] = y   # jpeg_list clamps when it quantises
+        for i, y in zip(sel, jpeg_list([xs[i] for i in sel], q, self.jpeg_codec)): xs[i] = y   # jpeg_list clamps when it quantises
     return xs
 
 # %% ../nbs/03_degrade.ipynb #588c2738
@@ -853,127 +906,3 @@ def _execute(self:Degrader, x:torch.Tensor, plan:list) -> torch.Tensor:
         compress(rest)
         lq = torch.cat(xs)
         return quantize(lq) if cfg.quantize_output else lq.clamp(0, 1)
-
-# %% ../nbs/03_degrade.ipynb #1f038bf8
-def show_gold_grid(
-    hr:torch.Tensor,         # `(B,3,H,W)` clean crops
-    presets=None,            # Preset names (default: all)
-    seed:int=0,              # Degrader seed
-    figsize_per=2.2,         # Inches per image
-):
-    "Plot the clean crops and their Gold versions under each preset (one row per preset)."
-    import matplotlib.pyplot as plt
-    presets = list(presets or PRESETS)
-    B = hr.shape[0]
-    fig, axs = plt.subplots(len(presets) + 1, B, figsize=(figsize_per * B, figsize_per * (len(presets) + 1)), squeeze=False)
-    for j in range(B): axs[0, j].imshow(hr[j].permute(1, 2, 0).clamp(0, 1)); axs[0, j].set_title('clean', fontsize=8)
-    for i, name in enumerate(presets, 1):
-        lq, _ = Degrader(name, seed=seed)(hr)
-        up = F.interpolate(lq, size=hr.shape[-2:], mode='nearest')
-        for j in range(B): axs[i, j].imshow(up[j].permute(1, 2, 0).clamp(0, 1)); axs[i, j].set_title(name, fontsize=8)
-    for a in axs.flat: a.axis('off')
-    fig.tight_layout()
-    return fig
-
-# %% ../nbs/03_degrade.ipynb #728f9454
-with warnings.catch_warnings():   # fastai 2.8 calls torch.jit.script at import, deprecated since torch 2.14: not actionable here
-    warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
-    from fastai.callback.core import Callback
-
-class GoldCallback(Callback):
-    "Degrade clean training batches into `(lq, hq)` on the model's device (fastai `before_batch`)."
-    order, run_valid = -10, False
-    def __init__(self,
-        degrader:Degrader|DegradeConfig|str='realesrgan', # What to apply
-        seed:int|None=None,                          # Seed when `degrader` is a config or preset name
-    ):
-        self.degrader = degrader if isinstance(degrader, Degrader) else Degrader(degrader, seed)
-    def before_batch(self):
-        hr = self.xb[0]
-        lq, hq = self.degrader(hr)
-        self.learn.xb, self.learn.yb = (lq,), (hq,)
-
-# %% ../nbs/03_degrade.ipynb #29ad079b
-from safetensors.torch import save as _st_save, load as _st_load
-from .core import atomic_write_bytes, load_image
-
-class PairedDataset(torch.utils.data.Dataset):
-    "A list of `(lq, hq)` tensor pairs as a dataset."
-    def __init__(self, pairs:list): self.pairs = pairs
-    def __len__(self): return len(self.pairs)
-    def __getitem__(self, i): return self.pairs[i]
-
-def _as_images(images) -> list:
-    "Tensors `(3,H,W)` from a batch, a list of tensors, or a list of image paths."
-    if isinstance(images, torch.Tensor): return list(images) if images.ndim == 4 else [images]
-    return [im if isinstance(im, torch.Tensor) else load_image(im) for im in images]
-
-def gold_validation_set(
-    images,                        # `(B,3,H,W)` batch, list of `(3,H,W)` tensors, or list of image paths
-    config:DegradeConfig|str='realesrgan', # Degradation applied (once)
-    seed:int=0,                    # Seed of the validation degradations
-    crop:int|None=None,            # Centre-crop each image to this side first (None: crop to a multiple of the scale)
-    cache_dir=None,                # Folder for the cached pairs (None: no cache)
-) -> PairedDataset:
-    "Degrade validation images once (seeded) into fixed `(lq, hq)` pairs, cached on disk when `cache_dir` is given."
-    cfg = preset(config) if isinstance(config, str) else config.validate()
-    imgs, s = _as_images(images), cfg.scale
-    crops = []
-    for im in imgs:
-        h, w = im.shape[-2:]
-        ch, cw = (min(crop, h), min(crop, w)) if crop else (h, w)
-        ch, cw = ch - ch % s, cw - cw % s
-        y, x = (h - ch) // 2, (w - cw) // 2
-        crops.append(im[:, y:y + ch, x:x + cw].float())
-    h = hashlib.sha1()
-    for c in crops: h.update(str(tuple(c.shape)).encode()); h.update(c.contiguous().numpy().tobytes())
-    key = h.hexdigest()[:12]
-    path = Path(cache_dir)/f"gold-valid-{cfg.fingerprint()}-s{seed}-{key}.safetensors" if cache_dir else None
-    if path is not None and path.exists():
-        d = _st_load(path.read_bytes())
-        return PairedDataset([(d[f'lq{i}'], d[f'hq{i}']) for i in range(len(crops))])
-    deg = Degrader(cfg, seed)
-    pairs = [tuple(t[0] for t in deg(c[None])) for c in crops]
-    if path is not None:
-        atomic_write_bytes(path, _st_save({**{f'lq{i}': p[0].contiguous() for i, p in enumerate(pairs)},
-                                           **{f'hq{i}': p[1].contiguous() for i, p in enumerate(pairs)}}))
-    return PairedDataset(pairs)
-
-# %% ../nbs/03_degrade.ipynb #1f0621a8
-def degrade_explorer(
-    img:torch.Tensor,            # `(3,H,W)` clean image (H, W multiples of the scale)
-    config:DegradeConfig|str='realesrgan', # Starting config
-):
-    "An ipywidgets explorer: sliders per stage, clean vs degraded side by side."
-    import ipywidgets as W
-    import matplotlib.pyplot as plt
-    base = preset(config) if isinstance(config, str) else config
-    sl = dict(
-        blur1=W.FloatSlider(1.5, min=0.2, max=3.0, step=0.1, description='blur σ 1'),
-        noise1=W.FloatSlider(10, min=0, max=30, step=1, description='noise σ 1'),
-        jpeg1=W.IntSlider(60, min=30, max=95, description='JPEG q 1'),
-        blur2=W.FloatSlider(0.8, min=0.2, max=1.5, step=0.1, description='blur σ 2'),
-        noise2=W.FloatSlider(5, min=0, max=25, step=1, description='noise σ 2'),
-        jpeg=W.IntSlider(60, min=30, max=95, description='final JPEG q'),
-        seed=W.IntSlider(0, min=0, max=99, description='seed'))
-    out = W.Output()
-    def draw(*_):
-        cfg = copy.deepcopy(base)
-        v = {k: w.value for k, w in sl.items()}
-        for st, b, nz in ((cfg.stage1, v['blur1'], v['noise1']), (cfg.stage2, v['blur2'], v['noise2'])):
-            if st is None: continue
-            if st.blur is not None: st.blur.sigma_range = (b, b)
-            st.noise_range, st.gaussian_noise_prob, st.noise_prob = (nz, nz), 1.0, float(nz > 0)
-        if cfg.stage1 is not None: cfg.stage1.jpeg_range = (v['jpeg1'], v['jpeg1'])
-        if cfg.final_jpeg_range is not None: cfg.final_jpeg_range = (v['jpeg'], v['jpeg'])
-        lq, hq = Degrader(cfg.validate(), v['seed'])(img[None])
-        with out:
-            out.clear_output(wait=True)
-            fig, ax = plt.subplots(1, 2, figsize=(9, 4.5))
-            ax[0].imshow(hq[0].permute(1, 2, 0)); ax[0].set_title('clean (target)')
-            ax[1].imshow(F.interpolate(lq, size=hq.shape[-2:], mode='nearest')[0].permute(1, 2, 0)); ax[1].set_title('degraded (input)')
-            for a in ax: a.axis('off')
-            plt.show()
-    for w in sl.values(): w.observe(draw, 'value')
-    draw()
-    return W.HBox([W.VBox(list(sl.values())), out])

@@ -17,7 +17,8 @@ from fastprogress.fastprogress import progress_bar
 
 from .core import atomic_write_bytes
 from .silver import SilverStore, _pread_into
-from .degrade import Degrader, GoldCallback, preset
+from .degrade import Degrader, preset
+from .gold import GoldCallback
 from .metrics import psnr
 from .inference import restore, infer_scale, model_device
 from .learner import fitting

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from fastcore.basics import patch, first, PrettyString
+from fastcore.basics import patch, first, chunked, PrettyString
 from fastcore.xtras import join_path_file
 
 from .core import default_device, atomic_write_bytes, load_image
 from .silver import SilverStore, list_sources
-from .degrade import Degrader, DegradeConfig, GoldCallback, preset, gold_validation_set
+from .degrade import Degrader, DegradeConfig, preset
+from .gold import GoldCallback, LoaderGold, GoldPlan, GOLD_ON, gold_validation_set
 from .losses import RestorationLoss, LossTermsCallback
 from .metrics import PSNR, SSIM, LPIPSMetric, psnr
 from .models import create_model, model_splitter
@@ -101,16 +102,28 @@ class TrainPatches(torch.utils.data.Dataset):
 
 # %% ../nbs/08_learner.ipynb #84714a95
 class SamplerDL(DataLoader):
-    "A fastai `DataLoader` whose indices come from a `torch.utils.data.Sampler` (one pass = one epoch)."
-    def __init__(self, dataset=None, sampler=None, bs:int=16, **kwargs):
+    "A fastai `DataLoader` whose indices come from a `torch.utils.data.Sampler` (one pass = one epoch); `gold` plans each batch's Gold stage as it is collated."
+    gold_plan = None   # the plan of the batch just yielded, for `GoldCallback`
+    def __init__(self, dataset=None, sampler=None, bs:int=16,
+                 gold:LoaderGold|None=None, # Draw (and with `on='workers'` apply) each batch's Gold plan where the batch is made
+                 **kwargs):
         if sampler is None: raise ValueError("SamplerDL needs a sampler")
-        self.sampler = sampler
+        self.sampler, self.gold = sampler, gold
         kwargs.pop('n', None); kwargs.pop('shuffle', None); kwargs.pop('drop_last', None)
         super().__init__(dataset, bs=bs, n=len(sampler), shuffle=False, drop_last=True, **kwargs)
     def get_idxs(self): return list(self.sampler)
+    def create_batches(self, samps):
+        "fastai's batching, plus each batch's keyed Gold plan, drawn here — in the worker process that collates the batch."
+        if self.gold is None: yield from super().create_batches(samps); return
+        for keys in chunked(samps, self.bs, self.drop_last):
+            yield self.gold(self.do_batch([self.do_item(k) for k in keys]), keys)
+    def after_batch(self, b):
+        "Set the batch's plan aside for `GoldCallback`: the loop sees the batch it would see without one."
+        if isinstance(b, tuple) and b and isinstance(b[-1], GoldPlan): self.gold_plan, b = b[-1], b[:-1]
+        return b
     def new(self, dataset=None, cls=None, **kwargs):
-        "A copy sharing (or replacing, with `sampler=`) this loader's sampler."
-        return super().new(dataset, cls, **{'sampler': self.sampler, **kwargs})
+        "A copy sharing (or replacing, with `sampler=`) this loader's sampler and its `gold`."
+        return super().new(dataset, cls, **{'sampler': self.sampler, 'gold': self.gold, **kwargs})
 
 # %% ../nbs/08_learner.ipynb #b096a1a2
 def _broadcast_on_backend_device(self, t, rank):
@@ -201,9 +214,14 @@ class RestorationDataLoaders(DataLoaders):
         n:int=4,   # Patches (at most the batch size)
     ) -> tuple:    # `(lq, hq)` on the loaders' device
         "The first `n` pairs of the next training batch, degraded as training will; the sampler and the degrader do not advance."
-        s = self.sampler
-        hr = torch.stack([self.train.dataset[k][0] for k in s.draw(s.epoch)[:n]]).to(self.device)
-        return copy.deepcopy(self.gold_cb.degrader)(hr)   # a copy: the training stream stays as it was
+        dl, s = self.train, self.sampler
+        gold = getattr(dl, 'gold', None)
+        keys = s.draw(s.epoch)[:dl.bs if gold is not None else n]
+        b = dl.do_batch([dl.do_item(k) for k in keys])
+        if gold is None: return copy.deepcopy(self.gold_cb.degrader)(b[0].to(self.device))   # a copy: the training stream stays as it was
+        if gold.on == 'workers': return tuple(t[:n].to(self.device) for t in gold(b[:1], keys)[:2])
+        lq, hq = self.gold_cb.degrader.apply(b[0].to(self.device), gold.plan(b[0], keys))   # the whole batch: its noise is drawn for all of it
+        return lq[:n], hq[:n]
     def pairs(self,
         ds_idx:int=1,  # 0: the next training pairs (`gold_batch`), 1: the validation pairs
         n:int=4,       # How many
@@ -245,6 +263,8 @@ def restoration_dls(
     valid_crop:int|None=None,  # Centre-crop validation images to this side first (None: whole images)
     cache_dir=None,            # Cache folder for the degraded validation pairs
     paired=None,               # A store aligned with `silver`, cropped alike (ECO's `CentroidStore`): batches are then `(y, μ)`
+    gold_on:str='device',      # Where the Gold pixels are made: 'device' (in the step, on `device`) or 'workers' (in the DataLoader, on the CPU)
+    jpeg_codec:str|None=None,  # JPEG codec of the training degradations: 'host' (libjpeg, the default) or 'device' (nvJPEG on CUDA)
 ) -> RestorationDataLoaders:   # With `gold_cb` (the `GoldCallback` to add) and `sampler`
     "Iteration-based DataLoaders: seeded random crops of Silver patches for training, fixed Gold pairs for validation."
     if not isinstance(silver, SilverStore):
@@ -252,7 +272,11 @@ def restoration_dls(
         silver = SilverStore(silver)
     if patch % scale: raise ValueError(f"patch {patch} is not a multiple of scale {scale}; use e.g. {patch - patch % scale or scale}")
     cfg = _degrade_config(degrade, scale)
-    deg = degrade if isinstance(degrade, Degrader) else Degrader(cfg, seed)
+    if gold_on not in GOLD_ON: raise ValueError(f"gold_on must be one of {GOLD_ON}, got {gold_on!r}")
+    if gold_on == 'workers' and paired is not None:
+        raise ValueError("gold_on='workers' degrades in the DataLoader, before ECO/KD blend the target with the paired store: use gold_on='device'")
+    deg = degrade if isinstance(degrade, Degrader) else Degrader(cfg, seed, jpeg_codec or 'host')
+    if jpeg_codec is not None and deg.jpeg_codec != jpeg_codec: deg = copy.copy(deg); deg.jpeg_codec = jpeg_codec
     if patch < deg.min_size: raise ValueError(f"patch {patch} is smaller than the {cfg.pipeline} degradation needs ({deg.min_size} px)")
     if bs < 1 or epoch_len < 1: raise ValueError(f"bs and epoch_len must be >= 1, got bs={bs}, epoch_len={epoch_len}")
     vimgs = _valid_images(valid)
@@ -263,10 +287,11 @@ def restoration_dls(
     sampler = PatchSampler(len(silver), epoch_len * bs, seed)
     device = default_device() if device is None else torch.device(device)
     pin = device.type == 'cuda'
-    train = SamplerDL(TrainPatches(silver, patch, augment, paired), sampler, bs=bs, num_workers=num_workers, pin_memory=pin)
+    train = SamplerDL(TrainPatches(silver, patch, augment, paired), sampler, bs=bs, num_workers=num_workers, pin_memory=pin,
+                      gold=LoaderGold(deg, gold_on))
     vdl = DataLoader(vset, bs=valid_bs, shuffle=False, num_workers=0)
     dls = RestorationDataLoaders(train, vdl, device=device)
-    dls.gold_cb, dls.sampler, dls.scale, dls.silver = GoldCallback(deg), sampler, scale, silver
+    dls.gold_cb, dls.sampler, dls.scale, dls.silver, dls.gold_on = GoldCallback(deg), sampler, scale, silver, gold_on
     return dls
 
 # %% ../nbs/08_learner.ipynb #ebe0bf0c

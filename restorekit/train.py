@@ -22,7 +22,8 @@ from .imresize import imresize
 from .metrics import psnr
 from .models import ARCHS, create_model, load_weights
 from .losses import RestorationLoss
-from .degrade import PRESETS as DEGRADE_PRESETS
+from .degrade import PRESETS as DEGRADE_PRESETS, JPEG_CODECS
+from .gold import GOLD_ON
 from .learner import restoration_dls, restoration_learner, default_metrics, image_grid
 from .callbacks import ValidateEvery, NaNGuard, JSONLLogger, FreezeFor, plot_loss_curve, fit_resumable, _valid_values
 from .callbacks import read_checkpoint, CheckpointError
@@ -60,7 +61,9 @@ class TrainConfig:
     seed:int=0                      # Seed of the weights, the patch stream and the degradations
     device:str|None=None            # 'cpu', 'cuda', ...; None: the best available
     threads:int|None=None           # Torch CPU threads during the run (None: torch's default); fewer than the cores on a busy machine
-    num_workers:int=0               # DataLoader worker processes reading the Silver patches
+    num_workers:int=0               # DataLoader worker processes reading the Silver patches (and drawing the Gold plans)
+    gold_on:str='device'            # Where the Gold pixels are made: 'device' (in the step) or 'workers' (in the DataLoader workers, on their CPUs)
+    jpeg_codec:str='host'           # JPEG codec of the training degradations: 'host' (libjpeg, the reference) or 'device' (nvJPEG on CUDA)
     pretrained:str|None=None        # Weights to start from (fine-tuning), loaded strictly: a weights file or a run folder (its best.safetensors)
     freeze_iters:int=0              # Fine-tuning: train only the head (upsampler) for this many iterations first (`FreezeFor`)
     lr_mult:float=1.0               # Discriminative learning rates: the body trains at lr / lr_mult (fastai's `fine_tune` uses 100)
@@ -142,6 +145,9 @@ def check_config(
         if getattr(cfg, k) < 1: raise ValueError(f"{k} must be >= 1, got {getattr(cfg, k)}")
     if cfg.threads is not None and cfg.threads < 1: raise ValueError(f"threads must be >= 1 or empty (torch's default), got {cfg.threads}")
     if cfg.num_workers < 0: raise ValueError(f"num_workers must be >= 0, got {cfg.num_workers}")
+    if cfg.gold_on not in GOLD_ON: raise ValueError(f"gold_on must be one of {GOLD_ON}, got {cfg.gold_on!r}")
+    if cfg.gold_on == "workers" and (cfg.eco or cfg.kd): raise ValueError("gold_on=workers degrades before ECO/KD replace the target: use gold_on=device with eco/kd")
+    if cfg.jpeg_codec not in JPEG_CODECS: raise ValueError(f"jpeg_codec must be one of {JPEG_CODECS}, got {cfg.jpeg_codec!r}")
     if not (cfg.lr > 0 and math.isfinite(cfg.lr)): raise ValueError(f"lr must be a finite number > 0, got {cfg.lr}")
     if cfg.grad_clip is not None and not (cfg.grad_clip > 0 and math.isfinite(cfg.grad_clip)):
         raise ValueError(f"grad_clip is the largest gradient norm: a number > 0, or empty for no clipping; got {cfg.grad_clip}")
@@ -365,7 +371,7 @@ def train(
         teach_cbs, paired = _teacher_callbacks(cfg, silver, run, device, verbose)
         dls = restoration_dls(silver, valid, bs=cfg.bs, patch=cfg.patch, scale=cfg.scale, degrade=cfg.degrade,
                               epoch_len=min(cfg.validate_every, cfg.n_iter), seed=cfg.seed, device=device, num_workers=cfg.num_workers,
-                              valid_crop=cfg.valid_crop, cache_dir=run/'valid_cache', paired=paired)
+                              valid_crop=cfg.valid_crop, cache_dir=run/'valid_cache', paired=paired, gold_on=cfg.gold_on, jpeg_codec=cfg.jpeg_codec)
         loss = RestorationLoss(**{k: float(cfg.loss.get(k, 0)) for k in LOSS_TERMS})
         ve = ValidateEvery(cfg.validate_every, 'psnr', path=run, meta={'arch': cfg.arch, 'scale': cfg.scale, 'model_kw': json.dumps(cfg.model_kw)})
         learn = restoration_learner(dls, cfg.arch, loss=loss, metrics=default_metrics(cfg.scale, lpips=False), n_iter=cfg.n_iter,

@@ -29,13 +29,11 @@ from restorekit.degrade import (
     RESIZE_MODES,
     SCALES,
     Degrader,
-    GoldCallback,
     add_correlated_noise,
     add_gaussian_noise,
     add_poisson_noise,
     filter2d,
     gaussian_kernel1d,
-    gold_validation_set,
     jpeg,
     kernel_support,
     paired_crop,
@@ -46,6 +44,7 @@ from restorekit.degrade import (
     separable_blur,
     usm_sharpen,
 )
+from restorekit.gold import GoldCallback, gold_validation_set
 from restorekit.imresize import imresize
 from restorekit.kernels import (
     KERNEL_TYPES,

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from restorekit.core import sample_images
-from restorekit.degrade import GoldCallback, preset
+from restorekit.degrade import preset
+from restorekit.gold import GoldCallback
 from restorekit.learner import (
     CosineWarmup,
     EMACallback,

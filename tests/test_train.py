@@ -196,8 +196,13 @@ def test_threads_and_workers(tmp_path, monkeypatch):
         r0 = train(tiny_config('threads=1'), run_dir=tmp_path / 'w0', verbose=False)
         assert seen == [1] and torch.get_num_threads() == 2
         r1 = train(tiny_config('threads=1', 'num_workers=1'), run_dir=tmp_path / 'w1', verbose=False)
+        r2 = train(tiny_config('threads=1', 'num_workers=2', 'gold_on=workers'), run_dir=tmp_path / 'w2', verbose=False)
     finally: torch.set_num_threads(1)
     assert _train_losses(r0) == _train_losses(r1)   # the same patches and degradations with a worker process
+    assert _train_losses(r0) == _train_losses(r2)   # ... and with the Gold stage itself in two workers
+    with pytest.raises(ValueError, match='gold_on must be one of'): load_config(preset='demo', overrides=['gold_on=gpu'])
+    with pytest.raises(ValueError, match='gold_on=device with eco'): load_config(preset='eco_demo', overrides=['gold_on=workers'])
+    with pytest.raises(ValueError, match='jpeg_codec must be one of'): load_config(preset='demo', overrides=['jpeg_codec=nv'])
     with pytest.raises(ValueError, match='threads must be >= 1'): load_config(preset='demo', overrides=['threads=0'])
     with pytest.raises(ValueError, match='num_workers must be >= 0'): load_config(preset='demo', overrides=['num_workers=-1'])
 
