@@ -92,11 +92,12 @@ def main(device='cpu', workers=2, rounds=3, iters=3, warmup=1, batch=16, patch=9
         silver = SilverStore(work/'silver')
         vimg = load_image(vfile); vh, vw = vimg.shape[-2:]
         valid = [vimg[:, (vh - patch) // 2:(vh - patch) // 2 + patch, (vw - patch) // 2:(vw - patch) // 2 + patch]]
-        arms = {'pairs': dict(gold_on='device', num_workers=0), 'device_w0': dict(gold_on='device', num_workers=0),
+        arms = {'pairs': dict(gold_on=None, num_workers=0), 'device_w0': dict(gold_on='device', num_workers=0),
                 f'device_w{workers}': dict(gold_on='device', num_workers=workers),
                 f'workers_w{workers}': dict(gold_on='workers', num_workers=workers)}
 
         def make(kw):
+            kw = {**kw, 'gold_on': kw['gold_on'] or 'device'}   # the floor's loader makes the pairs once, below
             dls = restoration_dls(silver, valid, bs=batch, patch=patch, scale=scale, degrade=cfg, epoch_len=n, device=dev, seed=seed, **kw)
             learn = restoration_learner(dls, 'edsr_baseline', loss=RestorationLoss(l1=1, ms_ssim=0, lpips=0), metrics=[], lr=2e-4, seed=seed)
             learn.remove_cb(ProgressCallback)
