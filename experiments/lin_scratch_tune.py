@@ -38,7 +38,7 @@ from scipy import stats as sps
 
 from restorekit.core import shared_data, sample_images
 from restorekit.perceptual import find_trunk_file, _NETS
-from restorekit.twoafc import make_2afc, bapps_2afc, bapps_jnd, score_2afc, score_jnd
+from restorekit.twoafc import make_2afc, bapps_2afc, bapps_jnd, score_2afc, score_jnd, judgment_provenance
 from restorekit.twoafc_train import twoafc_model, twoafc_learner, twoafc_dls, cached_lin_learner, score_model, PerceptualMetric
 
 PUBLISHED = {  # 2AFC (%) on BAPPS val, as the project's design notes give them (published, not measured here)
@@ -319,7 +319,7 @@ def main(argv=None) -> dict:
         root = make_2afc(src, tmp/'synthetic', n_train=a.n_train, n_val=a.n_val, seed=0)
     trn, val = bapps_2afc(root, 'train', in_memory=True), bapps_2afc(root, 'val', in_memory=True)
     if a.data and a.n_train: trn = torch.utils.data.Subset(trn, range(min(a.n_train, len(trn))))
-    judg = 'synthetic' if val.synthetic else 'recorded (human for BAPPS)'
+    judg = judgment_provenance(root)
     rows, skipped = plan(a.trunks, a.paradigms, sr_weights)
     print(f"{len(trn)} train / {len(val)} val triplets ({judg} judgments); rows: {rows}; skipped: {[(s['trunk'], s['paradigm']) for s in skipped]}", flush=True)
     base = score_baselines(val, a.trunks, sr_weights)

@@ -15,7 +15,8 @@ from fastcore.foundation import L
 
 from .core import atomic_write_bytes
 from .gold import GoldCallback
-from .learner import CosineWarmup, EMACallback, StopAfter, bare_model, iters_per_epoch, fitting, _plain
+from .learner import CosineWarmup, EMACallback, StopAfter, bare_model, iters_per_epoch, _plain
+from .contract import fitting
 from .models import read_state_dict, save_weights
 from .perceptual import load_strict
 

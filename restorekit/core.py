@@ -6,7 +6,7 @@ Docs: https://restorekit.github.io/restorekit/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #77e75539
 from __future__ import annotations
-import functools, os, random, sys, tempfile, threading, warnings
+import functools, math, os, random, sys, tempfile, threading, warnings
 from pathlib import Path
 
 from io import BytesIO
@@ -17,8 +17,9 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 # %% auto #0
-__all__ = ['DEFAULT_MAX_PIXELS', 'SAMPLE_NAMES', 'ImageReadError', 'load_image', 'atomic_write_bytes', 'parse_yaml',
-           'one_line_warnings', 'save_image', 'default_device', 'seed_everything', 'shared_data', 'sample_images']
+__all__ = ['DEFAULT_MAX_PIXELS', 'RANGE_TOL', 'SAMPLE_NAMES', 'ImageReadError', 'load_image', 'check_unit_range', 'image_tensor',
+           'atomic_write_bytes', 'parse_yaml', 'one_line_warnings', 'save_image', 'default_device', 'seed_everything',
+           'shared_data', 'sample_images']
 
 # %% ../nbs/00_core.ipynb #09f9febe
 class ImageReadError(OSError):
@@ -117,6 +118,40 @@ def load_image(
     arr = _to_mode(arr, mode, path, warn_alpha=True)
     t = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
     return (t, info) if with_info else t
+
+# %% ../nbs/00_core.ipynb #f5ccf2e8
+RANGE_TOL = 0.5 / 255   # values within half an 8-bit level of [0,1] round into 0..255
+
+def check_unit_range(
+    x:torch.Tensor,  # A float tensor meant to hold values in [0,1]
+    name:str,        # What to call it in the error
+):
+    "Raise a one-line error naming `name` unless `x` is finite and within [0,1] (to half an 8-bit level)."
+    lo, hi = (v.item() for v in torch.aminmax(x.detach()))
+    if not (math.isfinite(lo) and math.isfinite(hi)): raise ValueError(f"{name} has NaN or Inf values")
+    if lo < -RANGE_TOL or hi > 1 + RANGE_TOL:
+        raise ValueError(f"{name} must be in [0,1], got values in [{lo:.4g}, {hi:.4g}]"
+                         + (" (looks like 0-255: divide by 255)" if hi > 2 else " (clamp it to [0,1] first)"))
+
+def image_tensor(
+    item,               # Image path, PIL image, `(H,W,3)` uint8 array, or `(3,H,W)`/`(1,3,H,W)` tensor (uint8, or float in [0,1])
+    name:str='image',   # What to call it in errors
+) -> torch.Tensor:      # `(3,H,W)` float32 in [0,1]
+    "An image given as a path, PIL image, array or tensor, as a float `(3,H,W)` tensor in [0,1]; one-line errors otherwise."
+    if isinstance(item, (str, os.PathLike)): return load_image(item)
+    if isinstance(item, Image.Image): item = np.array(item.convert('RGB'))   # a copy: PIL's buffer is read-only
+    if isinstance(item, np.ndarray):
+        if item.ndim != 3 or item.shape[2] != 3 or item.dtype != np.uint8:
+            raise ValueError(f"{name}: an array must be (H,W,3) uint8, got shape {item.shape} {item.dtype}")
+        item = torch.from_numpy(np.array(item)).permute(2, 0, 1)   # a writable copy
+    if not isinstance(item, torch.Tensor): raise TypeError(f"{name} must be an image path, a PIL image, an array or a tensor, got {type(item).__name__}")
+    x = item[0] if item.ndim == 4 and item.shape[0] == 1 else item
+    if x.ndim != 3 or x.shape[0] != 3: raise ValueError(f"{name}: a tensor must be (3,H,W) or (1,3,H,W), got shape {tuple(item.shape)}")
+    if x.numel() == 0: raise ValueError(f"{name} is empty (shape {tuple(item.shape)})")
+    if x.dtype == torch.uint8: return x.float() / 255
+    if not x.is_floating_point(): raise TypeError(f"{name} must be uint8, or float in [0,1]; got {x.dtype}")
+    check_unit_range(x, name)
+    return x.float().clamp(0, 1)
 
 # %% ../nbs/00_core.ipynb #aa45fe7e
 _PROC_STATUS = '/proc/self/status'

@@ -21,7 +21,7 @@ from .degrade import Degrader, preset
 from .gold import GoldCallback
 from .metrics import psnr
 from .inference import restore, infer_scale, model_device
-from .learner import fitting
+from .contract import fitting
 from .callbacks import _run_total
 
 from fastai.callback.core import Callback

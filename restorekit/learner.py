@@ -16,7 +16,8 @@ import torch
 from fastcore.basics import patch, first, chunked, PrettyString
 from fastcore.xtras import join_path_file
 
-from .core import default_device, atomic_write_bytes, load_image
+from .core import default_device, atomic_write_bytes, load_image, image_tensor
+from .contract import ContractLearner, fitting, follow_lr_changes
 from .silver import SilverStore, list_sources
 from .degrade import Degrader, DegradeConfig, preset
 from .gold import GoldCallback, LoaderGold, GoldPlan, GOLD_ON, gold_validation_set
@@ -43,8 +44,8 @@ with warnings.catch_warnings():   # fastai 2.8 calls torch.jit.script at import,
 
 # %% auto #0
 __all__ = ['PatchSampler', 'TrainPatches', 'SamplerDL', 'iters_per_epoch', 'image_grid', 'RestorationDataLoaders',
-           'restoration_dls', 'cosine_lr', 'fitting', 'CosineWarmup', 'StopAfter', 'bare_model', 'EMACallback',
-           'default_metrics', 'RestorationLearner', 'restoration_learner']
+           'restoration_dls', 'cosine_lr', 'CosineWarmup', 'StopAfter', 'bare_model', 'EMACallback', 'default_metrics',
+           'RestorationLearner', 'restoration_learner']
 
 # %% ../nbs/08_learner.ipynb #26a0d955
 class PatchSampler(torch.utils.data.Sampler):
@@ -311,12 +312,8 @@ def cosine_lr(
     return lo + (lr - lo) * (1 + math.cos(math.pi * p)) / 2
 
 # %% ../nbs/08_learner.ipynb #c672788c
-def fitting(learn) -> bool:
-    "Whether `learn` is training (`fit`), not in `validate`/`get_preds`/`summary`, whose context also sends `before_fit`/`after_fit`."
-    return getattr(learn, 'in_fit', True)   # a plain fastai `Learner` does not say: assume a fit
-
 class CosineWarmup(Callback):
-    "Per-iteration cosine learning-rate schedule with linear warm-up; stands aside when another `lr` schedule (`fit_one_cycle`, `lr_find`) runs."
+    "Per-iteration cosine learning-rate schedule with linear warm-up; stands aside when another `lr` schedule (`fit_one_cycle`, `lr_find`) runs, follows `ReduceLROnPlateau`."
     order, run_valid, active = 60, False, False
     def __init__(self,
         warmup:float=0.0,     # Warm-up fraction of the run
@@ -330,10 +327,11 @@ class CosineWarmup(Callback):
         if not self.active: return
         self.base = [h['lr'] for h in self.opt.hypers]
         self.n_total = self.total or self.n_epoch * iters_per_epoch(self.dls.train)
-        self.lrs = []
+        self.lrs, self.last = [], None
     def before_batch(self):
         if not self.active: return
-        lrs = [cosine_lr(self.train_iter, self.n_total, b, self.warmup, self.eta_min) for b in self.base]
+        self.base = follow_lr_changes(self.opt.hypers, self.base, self.last)   # e.g. fastai's ReduceLROnPlateau divided the rates
+        lrs = self.last = [cosine_lr(self.train_iter, self.n_total, b, self.warmup, self.eta_min) for b in self.base]
         self.opt.set_hyper('lr', lrs)
         self.lrs.append(lrs[-1])
     def after_fit(self):
@@ -441,37 +439,18 @@ def _plain(o, where:str='state'):
     if isinstance(o, (list, tuple, L)): return [_plain(v, f'{where}[{i}]') for i, v in enumerate(o)]
     raise TypeError(f"cannot checkpoint {where}: a {type(o).__name__} is neither a tensor nor a plain python value")
 
-def _torch_load(file, device) -> dict:
+def _torch_load(file, device, **kwargs) -> dict:
     "`torch.load(weights_only=True)` allowing fastai's optimizer-state types, as `fastai.learner.load_model` does."
     core = getattr(np, '_core', None) or np.core
     safe = [L, core.multiarray.scalar, np.dtype, *[getattr(np.dtypes, d) for d in np.dtypes.__all__]]
-    with torch.serialization.safe_globals(safe): return torch.load(file, map_location=device, weights_only=True)
-
-def _as_lq(item) -> torch.Tensor:
-    "An input image as a float `(3,H,W)` tensor in [0,1]: a path, a PIL image, an `(H,W,3)` uint8 array or a tensor."
-    from PIL import Image
-    if isinstance(item, (str, os.PathLike)): return load_image(item)
-    if isinstance(item, Image.Image): item = np.asarray(item.convert('RGB'))
-    if isinstance(item, np.ndarray):
-        if item.ndim != 3 or item.shape[2] != 3: raise ValueError(f"predict: an array must be (H,W,3), got shape {item.shape}")
-        item = torch.from_numpy(np.ascontiguousarray(item)).permute(2, 0, 1)
-    if not isinstance(item, torch.Tensor): raise TypeError(f"predict takes an image path, a PIL image, an array or a tensor, got {type(item).__name__}")
-    x = item[0] if item.ndim == 4 and item.shape[0] == 1 else item
-    if x.ndim != 3 or x.shape[0] != 3: raise ValueError(f"predict: a tensor must be (3,H,W) or (1,3,H,W), got shape {tuple(item.shape)}")
-    return x.float() / 255 if x.dtype == torch.uint8 else x.float()
+    with torch.serialization.safe_globals(safe): return torch.load(file, map_location=device, weights_only=True, **kwargs)
 
 def _to_pil(x:torch.Tensor):
     from PIL import Image
     return Image.fromarray((_hwc(x) * 255 + 0.5).astype(np.uint8))
 
-class RestorationLearner(Learner):
+class RestorationLearner(ContractLearner):
     "A fastai `Learner` whose `save`/`load` carry the EMA, whose `predict`/`show_results`/`summary` take images, with restoration-safe `fine_tune`."
-    in_fit = False
-    def fit(self, n_epoch, lr=None, wd=None, cbs=None, reset_opt=False, start_epoch=0):
-        "fastai's `fit`; `in_fit` tells the callbacks that this is training, not a validation context."
-        old, self.in_fit = self.in_fit, True
-        try: return super().fit(n_epoch, lr=lr, wd=wd, cbs=cbs, reset_opt=reset_opt, start_epoch=start_epoch)
-        finally: self.in_fit = old
 
     @property
     def ema_cb(self) -> EMACallback|None:
@@ -498,14 +477,16 @@ class RestorationLearner(Learner):
         device=None,         # Where to load (default: the loaders' device)
         with_opt:bool=True,  # Also load the optimizer state, when the file has one
         strict:bool=True,    # Refuse missing, unexpected or reshaped keys, listing them
+        weights_only:bool=True, # Taken for fastai's signature (its `SaveModelCallback` passes False); always True here
+        **kwargs,            # Passed on to `torch.load` (e.g. `mmap=True`)
     ):
-        "Load what `save` (or fastai's `Learner.save`) wrote: weights, optimizer, EMA (restarted from the weights if the file has none)."
+        "Load what `save` (or fastai's `Learner.save`) wrote, with `weights_only=True`: weights, optimizer, EMA (restarted from the weights if the file has none)."
         if device is None: device = getattr(self.dls, 'device', 'cpu')
         if self.opt is None: self.create_opt()
         fpath = join_path_file(file, self.path/self.model_dir, ext='.pth')
         if not fpath.is_file(): raise FileNotFoundError(f"no saved learner {str(fpath)!r}: save it first with learn.save({str(file)!r})")
         distrib_barrier()
-        state = _torch_load(fpath, device)
+        state = _torch_load(fpath, device, **kwargs)
         has_model = isinstance(state.get('model'), dict)
         sd, m = (state['model'] if has_model else state), bare_model(self.model)
         if strict: load_strict(m, sd, type(m).__name__, str(fpath))
@@ -541,11 +522,11 @@ class RestorationLearner(Learner):
         finally: del self.run_total
 
     def predict(self,
-        item,                    # Image path, PIL image, `(H,W,3)` uint8 array, or `(3,H,W)` tensor in [0,1]
+        item,                    # Image path, PIL image, `(H,W,3)` uint8 array, or `(3,H,W)` tensor (uint8, or float in [0,1])
         with_input:bool=False,   # Also return the input tensor, first
     ) -> tuple:                  # `(PIL image, output (3,sH,sW) in [0,1], raw output)`, as fastai's `predict`
         "Restore one whole image with the validated (EMA) weights."
-        x = _as_lq(item)
+        x = image_tensor(item, 'predict')
         preds, _ = self.get_preds(dl=[(x[None].to(self.dls.device),)])
         raw = preds[0]
         out = raw.float().clamp(0, 1)

@@ -6,7 +6,7 @@ Docs: https://restorekit.github.io/restorekit/losses.html.md"""
 
 # %% ../nbs/05_losses.ipynb #27ce3cef
 from __future__ import annotations
-import math, warnings
+import math, os, warnings
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -252,14 +252,18 @@ class VGGPerceptualLoss(nn.Module):
 LOSS_TERMS = ('l1', 'charbonnier', 'ms_ssim', 'lpips', 'vgg')
 
 def _lpips_term(net:str, trunk, input_range:tuple, model=None) -> nn.Module:
-    "The LPIPS term's metric: the official LPIPS, or a metric trained with `restorekit.twoafc_train` (loaded frozen)."
+    "The LPIPS term's metric: the official LPIPS, a metric module you give (used frozen), or a saved metric's folder (loaded frozen)."
     if model is None: return LPIPS(net=net, trunk=trunk, input_range=input_range, check_values=False)
-    from restorekit.twoafc_train import load_metric
-    m = load_metric(model, check_values=False)
+    if isinstance(model, (str, os.PathLike)):
+        from restorekit.twoafc_train import load_metric
+        m, what = load_metric(model, check_values=False), repr(str(model))
+    elif isinstance(model, nn.Module) and hasattr(model, 'input_range'): m, what = model, f"module {type(model).__name__}"
+    else: raise TypeError(f"RestorationLoss: lpips_model must be a metric module with an input_range (LPIPS, load_metric's) or a saved metric's folder, got {type(model).__name__}")
     if tuple(m.input_range) != tuple(input_range):
-        raise ValueError(f"RestorationLoss: the metric {str(model)!r} takes inputs in {tuple(m.input_range)}, but input_range={tuple(input_range)}; "
+        raise ValueError(f"RestorationLoss: the metric {what} takes inputs in {tuple(m.input_range)}, but input_range={tuple(input_range)}; "
                          "give the range your model produces to both")
-    return m
+    if hasattr(m, 'check_values'): m.check_values = False   # a training output may leave [0,1] a little; NaN goes to the NaN guard
+    return m.requires_grad_(False).eval()
 
 class RestorationLoss(nn.Module):
 
@@ -271,7 +275,7 @@ class RestorationLoss(nn.Module):
         vgg:float=0.0,          # Weight of the pre-ReLU VGG19 feature loss (`VGGPerceptualLoss`)
         charbonnier:float=0.0,  # Weight of the Charbonnier loss
         lpips_net:str='alex',   # LPIPS trunk: 'alex', 'vgg' or 'squeeze'
-        lpips_model=None,       # A metric you trained (`restorekit-2afc` / `save_metric` folder) for the lpips term, instead of the official LPIPS
+        lpips_model=None,       # A metric for the lpips term instead of the official LPIPS: a module (`LPIPS`, `load_metric`'s; used frozen) or a `restorekit-2afc` / `save_metric` folder
         trunk='imagenet',       # Trunk weights for LPIPS and VGG: 'imagenet', 'random' (tests), a path or a state dict
         charbonnier_eps:float=1e-3, # ε of the Charbonnier loss
         vgg_layers:Sequence[str]=VGG_DEFAULT_LAYERS, # Layers of the VGG loss

@@ -16,6 +16,7 @@ with warnings.catch_warnings():   # fastai 2.8 calls torch.jit.script at import,
     warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
     from fastai.learner import Metric
 
+from .core import check_unit_range
 from .perceptual import LPIPS
 
 # %% auto #0
@@ -24,7 +25,6 @@ __all__ = ['to_levels', 'rgb_to_y', 'psnr', 'ssim', 'AvgImageMetric', 'PSNR', 'S
 
 # %% ../nbs/06_metrics.ipynb #997f3256
 _Y_WEIGHTS = (65.481, 128.553, 24.966)  # MATLAB rgb2ycbcr, Y row, for RGB in [0,1] (output in 0..255)
-_RANGE_TOL = 0.5 / 255                  # values within half an 8-bit level of [0,1] round into 0..255
 
 def to_levels(
     x:Tensor,  # Float image in [0,1], or uint8
@@ -53,11 +53,7 @@ def _check_image(x, name:str):
     if x.numel() == 0: raise ValueError(f"{name} is empty (shape {tuple(x.shape)})")
     if x.dtype == torch.uint8: return
     if not x.is_floating_point(): raise TypeError(f"{name} must be float in [0,1] or uint8, got {x.dtype}")
-    lo, hi = (v.item() for v in torch.aminmax(x.detach()))
-    if not (math.isfinite(lo) and math.isfinite(hi)): raise ValueError(f"{name} has NaN or Inf values")
-    if lo < -_RANGE_TOL or hi > 1 + _RANGE_TOL:
-        raise ValueError(f"{name} must be in [0,1], got values in [{lo:.4g}, {hi:.4g}]"
-                         + (" (looks like 0-255: divide by 255)" if hi > 2 else " (clamp it to [0,1] first)"))
+    check_unit_range(x, name)
 
 def _prepare(pred, target, scale, y_only, crop_border, min_size, what):
     "Check the pair, crop the border, round to 8-bit levels and take Y: two float64 `(B,C,H,W)` tensors."

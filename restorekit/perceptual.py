@@ -113,7 +113,7 @@ def _read_weights(path:Path, arch:str) -> dict:
     try: return read_weights_file(path)
     except Exception as e: raise TrunkWeightsError(f"could not read {arch} trunk weights from {str(path)!r}: {e}") from e
 
-def _imagenet_state(arch:str) -> tuple[dict, str]:
+def _imagenet_state(arch:str, arg:str='trunk') -> tuple[dict, str]:
     "`arch`'s ImageNet state dict from `$RESTOREKIT_TRUNK_DIR`, the hub cache, or a download; and where it came from."
     p = find_trunk_file(arch)
     if p is not None: return _read_weights(p, arch), str(p)
@@ -124,7 +124,7 @@ def _imagenet_state(arch:str) -> tuple[dict, str]:
         f"ImageNet weights for the {arch} trunk are not available ({why}). Expected the file {name!r} in "
         + (f"$RESTOREKIT_TRUNK_DIR ({env}) or " if env else '') + f"the torch hub cache {str(cache)!r}. "
         f"Download {w.url} on a machine with internet and copy it there, or set RESTOREKIT_TRUNK_DIR to a folder "
-        f"holding it; or pass trunk='random' (untrained features) or trunk=<path to a .pth state dict>.")
+        f"holding it; or pass {arg}='random' (untrained features) or {arg}=<path to a .pth state dict>.")
     if os.environ.get('RESTOREKIT_OFFLINE', '0') not in ('', '0'): raise err("not cached, and RESTOREKIT_OFFLINE is set")
     try: return w.get_state_dict(progress=False, check_hash=True, weights_only=True, map_location='cpu'), w.url
     except Exception as e: raise err(f"not cached, and the download failed: {type(e).__name__}: {e}") from e
@@ -133,6 +133,7 @@ def _imagenet_state(arch:str) -> tuple[dict, str]:
 def load_trunk(
     arch:str,                    # 'alexnet', 'vgg16', 'vgg19' or 'squeezenet1_1'
     trunk:str|Path|Mapping='imagenet', # 'imagenet', 'random', a `.pth` path, or a state dict
+    arg:str='trunk',             # The caller's name for `trunk`, in the errors (e.g. 'weights')
 ) -> nn.Sequential:
     "The torchvision model's `features` with the requested weights, frozen (no grad) and in eval mode."
     _check_arch(arch)
@@ -140,12 +141,12 @@ def load_trunk(
     if isinstance(trunk, str) and trunk == 'random': _init_like_torchvision(arch, feats)
     else:
         if isinstance(trunk, Mapping): sd, src = trunk, 'the state dict given'
-        elif isinstance(trunk, str) and trunk == 'imagenet': sd, src = _imagenet_state(arch)
+        elif isinstance(trunk, str) and trunk == 'imagenet': sd, src = _imagenet_state(arch, arg)
         elif isinstance(trunk, (str, Path)):
             p = Path(trunk).expanduser()
-            if not p.is_file(): raise TrunkWeightsError(f"trunk must be 'imagenet', 'random' or a weights file; {str(trunk)!r} is not a file")
+            if not p.is_file(): raise TrunkWeightsError(f"{arg} must be 'imagenet', 'random' or a weights file; {str(trunk)!r} is not a file")
             sd, src = _read_weights(p, arch), str(p)
-        else: raise TypeError(f"trunk must be 'imagenet', 'random', a path or a state dict, got {type(trunk).__name__}")
+        else: raise TypeError(f"{arg} must be 'imagenet', 'random', a path or a state dict, got {type(trunk).__name__}")
         if isinstance(sd, Mapping) and any(k.startswith('features.') for k in sd):     # a whole model's state dict
             diff = state_dict_diff(full, sd)
             if any(diff): raise WeightsMismatchError(f"torchvision's {arch}", src, *diff)

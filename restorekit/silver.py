@@ -6,10 +6,11 @@ Docs: https://restorekit.github.io/restorekit/silver.html.md"""
 
 # %% ../nbs/01_silver.ipynb #0b35f01b
 from __future__ import annotations
-import bisect, json, os, sys, threading, time, warnings, zlib
+import bisect, json, os, sys, time, warnings, zlib
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, asdict
-from multiprocessing import get_context
+from multiprocessing import current_process, get_context
 from pathlib import Path
 
 import numpy as np
@@ -179,25 +180,64 @@ def _prepare_dest(dest:Path, params:SilverParams, overwrite:bool) -> list[dict]:
                              channels=3, dtype='uint8', layout='NHWC', complete=False))
     return journal
 
-# %% ../nbs/01_silver.ipynb #70d0ef03
-def _exit_with_parent(parent:int):
-    "Worker initializer: end this process within a second of its parent's death (a SIGKILLed build cannot stop its workers)."
-    def watch():
-        while os.getppid() == parent: time.sleep(0.5)
-        os._exit(1)
-    threading.Thread(target=watch, daemon=True, name='restorekit-exit-with-parent').start()
+# %% ../nbs/01_silver.ipynb #12cecef7
+# The workers' initializer, as source for `exec`: unpickling a builtin imports nothing, so a worker runs this first
+_EXIT_WITH_PARENT = """
+import ctypes, os, signal, sys, threading, time
 
-def _imap_ordered(fn, items, n_workers:int, window:int=8):
-    "Map `fn(*item)` over `items` in order, in `n_workers` processes (0: here), holding at most `window` results."
-    if n_workers <= 0:
-        for it in items: yield fn(*it)
-        return
-    with ProcessPoolExecutor(n_workers, mp_context=get_context('spawn'), initializer=_exit_with_parent, initargs=(os.getpid(),)) as ex:
-        futs, it = [], iter(items)
-        for x in it:
+def die_with_parent() -> bool:
+    "Have Linux SIGKILL this process when the thread that started it ends; False where that cannot be arranged."
+    if not sys.platform.startswith('linux'): return False
+    try: return ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL) == 0   # prctl(PR_SET_PDEATHSIG, SIGKILL)
+    except (OSError, AttributeError): return False
+
+def watch():
+    "Elsewhere: look for the build twice a second."
+    while os.getppid() == parent: time.sleep(0.5)
+    os._exit(1)
+
+by_kernel = die_with_parent()
+if os.getppid() != parent: os._exit(1)    # the build died before the kernel was told
+if not by_kernel: threading.Thread(target=watch, daemon=True, name='restorekit-exit-with-parent').start()
+"""
+
+def _worker_init(
+    parent:int, # Process id of the build
+) -> tuple:     # `(initializer, initargs)` for a `ProcessPoolExecutor`
+    "An initializer that makes each worker die with the build, even a SIGKILLed one (which cannot stop its workers)."
+    return exec, (_EXIT_WITH_PARENT, dict(parent=parent))
+
+# %% ../nbs/01_silver.ipynb #70d0ef03
+def _importing_main() -> bool:
+    "True in a spawned process while it re-imports its parent's main script (which, if it calls us, has no main guard)."
+    return getattr(current_process(), '_inheriting', False)   # the flag multiprocessing's own check for this mistake reads
+
+_NO_WORKERS = ("the Silver decoding workers could not start, so this build decodes in this process (slower); for parallel "
+               "decoding call build_silver under `if __name__ == '__main__':` (each spawned worker re-imports your script), "
+               "or pass n_workers=0 to decode here without trying")
+
+def _pool_map(fn, items:list, n_workers:int, window:int):
+    "Map `fn(*item)` over `items` in order in `n_workers` spawned processes, holding at most `window` results per worker."
+    # `submit` starts the workers in this thread, which shuts the pool down before it ends: the thread their
+    # PR_SET_PDEATHSIG watches outlives them (the executor's own thread starts workers only with max_tasks_per_child)
+    init, args = _worker_init(os.getpid())
+    with ProcessPoolExecutor(n_workers, mp_context=get_context('spawn'), initializer=init, initargs=args) as ex:
+        futs = []
+        for x in items:
             futs.append(ex.submit(fn, *x))
             if len(futs) >= window * n_workers: yield futs.pop(0).result()
         for f in futs: yield f.result()
+
+def _imap_ordered(fn, items, n_workers:int, window:int=8):
+    "Map `fn(*item)` over `items` in order, in `n_workers` processes (0: here); what broken workers leave is done here."
+    items, n = list(items), 0
+    if n_workers > 0:
+        try:
+            for r in _pool_map(fn, items, n_workers, window): n += 1; yield r
+        except BrokenProcessPool:
+            warnings.warn(_NO_WORKERS if n == 0 else f"a Silver decoding worker died (out of memory?); decoding the "
+                          f"remaining {len(items) - n} files in this process", stacklevel=3)   # at the build_silver call
+    for x in items[n:]: yield fn(*x)
 
 # %% ../nbs/01_silver.ipynb #a9b14a72
 def build_silver(
@@ -214,6 +254,7 @@ def build_silver(
     verbose:bool=True,            # Print a one-line summary
 ) -> dict:                        # The report (also written to `dest/report.json`)
     "Cut every readable image under `src` into patches in a Silver store at `dest`; resumable and idempotent."
+    if _importing_main(): raise SystemExit(1)   # a worker re-importing a script with no main guard: no second build
     params = SilverParams(patch, stride or patch // 2, float(min_std), max_per_image, seed).validate()
     dest = Path(dest)
     sources, ignored = list_sources(src)

@@ -30,7 +30,7 @@ from .callbacks import read_checkpoint, CheckpointError
 
 # %% auto #0
 __all__ = ['DEMO_VALID', 'LOSS_TERMS', 'TRAIN_PRESETS', 'ECO_KEYS', 'KD_KEYS', 'RUN_OUTPUTS', 'TrainConfig', 'check_config',
-           'config_source', 'config_dict', 'load_config', 'torch_threads', 'train', 'train_cli']
+           'config_source', 'config_dict', 'load_config', 'detail_crop', 'torch_threads', 'train', 'train_cli']
 
 # %% ../nbs/09b_train.ipynb #c0f9c193
 DEMO_VALID = ('chelsea.png', 'coffee.png')   # bundled photos held out of the default Silver store, for validation
@@ -292,25 +292,57 @@ def _silver_and_valid(cfg:TrainConfig, run:Path, verbose:bool):
     build_silver(src, dest, patch=cfg.silver_patch or 2 * cfg.patch, max_per_image=32, seed=cfg.seed, n_workers=0, verbose=verbose)
     return SilverStore(dest), valid
 
+# %% ../nbs/09b_train.ipynb #cfea58c5
+def _window_sums(a:torch.Tensor, h:int, w:int) -> torch.Tensor:
+    "Sums of `a` over every `h`×`w` window (an integral image: exact for integers), indexed by the window's top-left corner."
+    n, m = a.shape[0] - h + 1, a.shape[1] - w + 1
+    s = torch.nn.functional.pad(a.cumsum(0).cumsum(1), (1, 0, 1, 0))
+    return s[h:h+n, w:w+m] - s[:n, w:w+m] - s[h:h+n, :m] + s[:n, :m]
+
+def detail_crop(
+    hr:torch.Tensor,  # The target: `(C,H,W)` or `(1,C,H,W)` in [0,1], or uint8
+    size:int,         # Side of the square window (clipped to the shorter side of `hr`)
+) -> tuple:           # `(top, left, bottom, right)`: the window is `hr[..., top:bottom, left:right]`
+    "The most detailed `size`×`size` window of `hr`: the most gradient energy in 8-bit levels; ties go to the top-most, then left-most."
+    if size < 1: raise ValueError(f"size must be >= 1, got {size}")
+    x = hr[0] if hr.ndim == 4 else hr
+    s = min(size, *x.shape[-2:])
+    q = x.long() if x.dtype == torch.uint8 else x.double().clamp(0, 1).mul(255).round().long()   # integer energies: exact ties
+    dx, dy = (q[..., 1:] - q[..., :-1]).square().sum(0), (q[:, 1:] - q[:, :-1]).square().sum(0)
+    e = _window_sums(dx, s, s - 1) + _window_sums(dy, s - 1, s)   # the differences inside each window
+    top, left = divmod(int(e.flatten().argmax()), e.shape[1])     # `argmax`: the first maximum in raster order
+    return top, left, top + s, left + s
+
 # %% ../nbs/09b_train.ipynb #66026a42
-def _comparison(model, pairs, scale:int, out:Path, device) -> dict:
-    "Degraded input | model | original for the first validation pair (PSNR on Y in the titles); mean PSNRs over all pairs."
+def _comparison(model, pairs, scale:int, out:Path, device, crop:int=128) -> dict:
+    "Bicubic | model | original of the first validation pair, whole and its `detail_crop` (PSNR on Y in the titles); mean PSNRs over all pairs."
     model.eval()
-    res, shown = {'psnr_bicubic': [], 'psnr_model': []}, None
+    res, n = {'psnr_bicubic': [], 'psnr_model': []}, len(pairs)
     with torch.no_grad():
-        for lq, hq in pairs:
+        for i, (lq, hq) in enumerate(pairs):
             base = imresize(lq[None], scale).clamp(0, 1) if scale > 1 else lq[None]   # the baseline: bicubic upscaling
             sr = model(lq[None].to(device)).float().cpu().clamp(0, 1)
-            pb, pm = float(psnr(base, hq[None], scale)), float(psnr(sr, hq[None], scale))
+            pb, pm = float(psnr(base, hq[None], scale)), float(psnr(sr, hq[None], scale))   # whole images
             res['psnr_bicubic'].append(pb); res['psnr_model'].append(pm)
-            if shown is None: shown = (lq, sr[0], hq, pb, pm)
-    lq, sr, hq, pb, pm = shown
-    base = f'bicubic ×{scale}' if scale > 1 else 'input'
-    fig = image_grid([[lq, sr, hq]], ['degraded input', 'model', 'original'],
-                     [[f'degraded input ({base}: {pb:.2f} dB)', f'model {pm:.2f} dB', 'original (HR)']], size=3.4, pyplot=False)
+            if i == 0: shown = (base[0], sr[0], hq, pb, pm)
+    res = {k: sum(v) / n for k, v in res.items()}   # summary.json's figures
+    base, sr, hq, pb, pm = shown
+    (h, w), name = hq.shape[-2:], f'bicubic ×{scale}' if scale > 1 else 'degraded input'
+    t, l, b, r = detail_crop(hq, min(crop, max(1, min(h, w) // 2)))   # chosen on the target alone
+    cb, cm = (float(psnr(x[None, :, t:b, l:r], hq[None, :, t:b, l:r], scale)) for x in (base, sr))
+    titles = [[f'{name}: whole image {pb:.2f} dB', f'model: whole image {pm:.2f} dB', f'original: whole image, {w}×{h}'],
+              [f'{name}: crop {cb:.2f} dB', f'model: crop {cm:.2f} dB', f'original: crop {r-l}×{b-t} at x={l}, y={t}']]
+    fig = image_grid([[base, sr, hq], [x[:, t:b, l:r] for x in (base, sr, hq)]], ['', '', ''], titles, size=3.4, pyplot=False)
+    from matplotlib.patches import Rectangle
+    for ax in fig.axes[:3]: ax.add_patch(Rectangle((l - .5, t - .5), r - l, b - t, fill=False, ec='yellow', lw=1.2))
+    fig.suptitle(f"Validation image 1 of {n}, PSNR on Y. Top: the whole image. Bottom: the yellow box, its most detailed {r-l}×{b-t} window\n"
+                 f"(detail_crop: chosen on the original alone). All {n} validation images, mean (summary.json): "
+                 f"{name} {res['psnr_bicubic']:.2f} dB, model {res['psnr_model']:.2f} dB", fontsize=9)
+    fig.axes[0].get_gridspec().set_height_ratios([h / w, 1])   # the whole image's row at its aspect, the square crop's row
+    fig.set_size_inches(3.4 * 3, 3.4 * (h / w + 1) + 1); fig.set_layout_engine('constrained')   # + titles and the heading
     buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=100)
     atomic_write_bytes(out, buf.getvalue())
-    return {k: sum(v) / len(v) for k, v in res.items()}
+    return {**res, 'comparison': dict(image=0, psnr_bicubic=pb, psnr_model=pm, crop=[t, l, b, r], crop_psnr_bicubic=cb, crop_psnr_model=cm)}
 
 # %% ../nbs/09b_train.ipynb #1943de93
 @contextmanager

@@ -23,8 +23,8 @@ from .silver import IMAGE_EXTS
 # %% auto #0
 __all__ = ['BAPPS_2AFC', 'BAPPS_JND', 'BAPPS_URLS', 'SEVERITIES', 'DISTORTION_FAMILIES', 'DEFAULT_WEIGHTS', 'WITHIN_FRAC',
            'BAPPSLayoutError', 'write_bapps_fixture', 'TwoAFCDataset', 'JNDDataset', 'bapps_2afc', 'bapps_jnd',
-           'score_2afc', 'voc_ap', 'score_jnd', 'BAPPSDownloadError', 'download_bapps', 'severity_table',
-           'apply_distortion', 'Observer', 'make_2afc', 'show_triplets']
+           'judgment_provenance', 'score_2afc', 'voc_ap', 'score_jnd', 'BAPPSDownloadError', 'download_bapps',
+           'severity_table', 'apply_distortion', 'Observer', 'make_2afc', 'show_triplets']
 
 # %% ../nbs/14_2afc_data.ipynb #f18efa3c
 BAPPS_2AFC = {'train': ('traditional', 'cnn', 'mix'),
@@ -309,6 +309,19 @@ def bapps_jnd(
     "The JND pairs of BAPPS under `root`."
     sd = _split_dir(Path(root), 'jnd', 'val')
     return JNDDataset(_category_dirs(sd, 'val', categories, BAPPS_JND, 'BAPPS JND'), **kw)
+
+# %% ../nbs/14_2afc_data.ipynb #d9d3e3ff
+def judgment_provenance(
+    root,  # A dataset root as `bapps_2afc` takes it: holding `2afc/<split>/`, or `<split>/` directly
+) -> str:  # 'synthetic', 'human (BAPPS)' or 'unknown provenance'
+    "Whose 2AFC judgments `root` holds: a `make_2afc` set's (synthetic), BAPPS' (its exact splits and categories), else unknown."
+    r = Path(os.path.abspath(root))
+    top = r/'2afc' if (r/'2afc').is_dir() else r                      # the folder of the split folders
+    if _read_observer(top.parent if top.name == '2afc' else top) is not None: return 'synthetic'
+    subs = lambda d: {q.name for q in d.iterdir() if q.is_dir() and not q.name.startswith('.')} if d.is_dir() else set()
+    splits = subs(top)
+    if splits and splits <= set(BAPPS_2AFC) and all(subs(top/s) and subs(top/s) <= set(BAPPS_2AFC[s]) for s in splits): return 'human (BAPPS)'
+    return 'unknown provenance'
 
 # %% ../nbs/14_2afc_data.ipynb #b0fc61be
 def _vec(x, name:str) -> np.ndarray:
@@ -644,7 +657,7 @@ def _check_dest(dest:Path, overwrite:bool):
     "Refuse a non-empty `dest` unless `overwrite` and it holds a previous make_2afc set."
     if dest.exists() and not dest.is_dir(): raise FileExistsError(f"{dest} is a file, not a folder")
     if not dest.exists() or not any(dest.iterdir()): return
-    if not overwrite: raise FileExistsError(f"{dest} exists and is not empty; give a new folder, or overwrite=True to replace a previous make_2afc set there")
+    if not overwrite: raise FileExistsError(f"{dest} exists and is not empty; give a new folder, or overwrite=True (--overwrite) to replace a previous make_2afc set there")
     try: ours = json.loads((dest/'observer.json').read_text()).get('format') == _SYNTH_FORMAT
     except (OSError, ValueError, AttributeError): ours = False
     if not ours: raise FileExistsError(f"{dest} is not empty and holds no observer.json from make_2afc: refusing to delete anything there; give a new folder")

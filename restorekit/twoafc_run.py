@@ -6,18 +6,21 @@ Docs: https://restorekit.github.io/restorekit/2afc_cli.html.md"""
 
 # %% ../nbs/15b_2afc_cli.ipynb #74665e5b
 from __future__ import annotations
-import argparse, dataclasses, json, math, sys, time
+import argparse, dataclasses, json, math, sys, time, warnings
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
 
 import torch
 import yaml
-from fastai.basics import Callback
+with warnings.catch_warnings():   # fastai 2.8 calls torch.jit.script at import, deprecated since torch 2.14: not actionable here
+    warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
+    from fastai.basics import Callback
 
+from .contract import fitting
 from .core import atomic_write_bytes, default_device, sample_images, shared_data, seed_everything
 from .train import _type_ok, _type_name, _unknown, config_dict, torch_threads
 from .callbacks import save_checkpoint, load_checkpoint, read_checkpoint, CheckpointError, _set_rng_state
-from .twoafc import bapps_2afc, make_2afc
+from .twoafc import bapps_2afc, make_2afc, judgment_provenance
 from .twoafc_train import (twoafc_model, twoafc_learner, twoafc_dls, cached_lin_learner, KeepBest, ConstantThenDecay,
                                      score_model, save_metric, load_metric, negative_fraction, PARADIGMS, RANK_HEADS, LOSSES, TwoAFCLoss)
 
@@ -128,6 +131,7 @@ class EpochLog(Callback):
     def __init__(self, path, offset:int=0): self.path, self.offset = Path(path), offset
     def before_epoch(self): self.t0 = time.time()
     def after_epoch(self):
+        if not fitting(self.learn): return   # `validate` also sends after_epoch
         names = self.recorder.metric_names[1:-1]          # without 'epoch' and 'time'
         rec = {'epoch': self.offset + self.epoch + 1, **{n: float(v) for n, v in zip(names, self.recorder.log[1:]) if isinstance(v, (int, float))},
                'lr': float(self.opt.hypers[-1]['lr']), 'seconds': round(time.time() - self.t0, 2)}
@@ -138,7 +142,8 @@ class EpochCheckpoint(Callback):
     order, checkpoint_state = 80, True
     def __init__(self, path, total:int, offset:int=0): self.path, self.total, self.offset = Path(path), total, offset
     def state_dict(self) -> dict: return {'epoch': self.offset + self.epoch + 1, 'shuffle': self.learn.dls.train.rng.getstate()}
-    def after_epoch(self): save_checkpoint(self.learn, self.path, total=self.total)
+    def after_epoch(self):
+        if fitting(self.learn): save_checkpoint(self.learn, self.path, total=self.total)
 
 def _plot_curves(log:Path, out:Path, label:str):
     "Training loss and validation 2AFC per epoch, from log.jsonl."
@@ -172,7 +177,7 @@ def _learner(cfg:TwoAFCConfig, trn, val, run:Path, device, offset:int=0, total:i
     loss = TwoAFCLoss(cfg.loss, margin=cfg.margin, gamma=cfg.gamma, smoothing=cfg.smoothing)
     sched = ConstantThenDecay(cfg.epochs / total)
     kw = dict(loss=loss, lr=cfg.lr, trunk_lr=cfg.trunk_lr, betas=tuple(cfg.betas), wd=cfg.wd, nonneg=cfg.nonneg, trunk_1x1=cfg.trunk_1x1,
-              const_frac=None, keep_best=str(run/'best.safetensors'), path=run,
+              const_frac=None, keep_best='best.safetensors', path=run,   # KeepBest's file is relative to learn.path, the run folder
               cbs=[sched, EpochLog(run, offset), EpochCheckpoint(run/'checkpoint', total, offset)])
     cached = cfg.cache if cfg.cache is not None else cfg.paradigm == 'lin'
     if cached: learn = cached_lin_learner(model, trn, val, bs=cfg.bs, seed=cfg.seed, device=device, **kw)
@@ -182,10 +187,12 @@ def _learner(cfg:TwoAFCConfig, trn, val, run:Path, device, offset:int=0, total:i
 # %% ../nbs/15b_2afc_cli.ipynb #783f6c9b
 def _params(model) -> int: return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-def _label(cfg:TwoAFCConfig, synthetic:bool) -> str:
+def _judged(prov:str) -> str: return 'judgments of unknown provenance' if prov == 'unknown provenance' else f'{prov} judgments'
+
+def _label(cfg:TwoAFCConfig, prov:str) -> str:
     trunk = (f"pretrained SR network {cfg.sr_arch} x{cfg.sr_scale}" if cfg.net == 'sr' and cfg.paradigm != 'scratch'
              else f"{cfg.net} ({'random' if cfg.paradigm == 'scratch' or cfg.weights == 'random' else cfg.weights or 'ImageNet'} trunk)")
-    return f"{cfg.paradigm} · {trunk} · {'synthetic judgments' if synthetic else 'recorded judgments'}"
+    return f"{cfg.paradigm} · {trunk} · {_judged(prov)}"
 
 def _check_resumable(run:Path, cfg:TwoAFCConfig):
     try: read_checkpoint(run/'checkpoint')
@@ -215,7 +222,7 @@ def train_metric(
     cfg = dataclasses.replace(cfg, run_dir=str(run), data=ab(cfg.data), images=ab(cfg.images), weights=ab(cfg.weights))
     if cfg.net != 'sr' and cfg.paradigm != 'scratch' and cfg.weights in (None, 'imagenet'):   # offline and uncached: refuse before writing
         from restorekit.perceptual import load_trunk, _NETS
-        load_trunk(_NETS[cfg.net][0], 'imagenet')
+        load_trunk(_NETS[cfg.net][0], 'imagenet', arg='--set weights')
     run.mkdir(parents=True, exist_ok=True)
     if not resume: atomic_write_bytes(run/'config.yaml', yaml.safe_dump(asdict(cfg), sort_keys=False).encode())
     total = cfg.epochs + cfg.decay_epochs
@@ -242,18 +249,19 @@ def train_metric(
         if done < total: learn.fit(total - done)
         elif verbose: print(f"{str(run)!r} had already finished its {total} epochs")
         fit_s = time.time() - t_fit
-        _plot_curves(run/'log.jsonl', run/'curves.png', _label(cfg, trn.synthetic))
+        data = Path(cfg.data or run/'synthetic').resolve()
+        judg = judgment_provenance(data)
+        _plot_curves(run/'log.jsonl', run/'curves.png', _label(cfg, judg))
         res = score_model(model, val, device=device)
-        judg = 'synthetic' if trn.synthetic else 'recorded (human for BAPPS)'
-        save_metric(model, run/'metric', overwrite=True, judgments=judg, paradigm=cfg.paradigm, val_2afc=res['twoafc'], data=cfg.data or str(run/'synthetic'))
-        summary = {'judgments': judg, 'label': _label(cfg, trn.synthetic), 'val_2afc': res['twoafc'], 'per_category': res['per_category'],
+        save_metric(model, run/'metric', overwrite=True, judgments=judg, paradigm=cfg.paradigm, val_2afc=res['twoafc'], data=str(data))
+        summary = {'judgments': judg, 'label': _label(cfg, judg), 'val_2afc': res['twoafc'], 'per_category': res['per_category'],
                    'best_epoch': kb.best_epoch, 'epochs': total, 'n_train': len(trn), 'n_val': len(val),
                    'trainable_params': _params(learn.model), 'cached': cached, 'cache_seconds': round(getattr(learn, 'cache_seconds', 0.), 2),
                    'fit_seconds': round(fit_s, 2), 'seconds': round(time.time() - t0, 1), 'negative_head_weights': negative_fraction(model),
                    'peak_cuda_bytes': torch.cuda.max_memory_allocated() if device.type == 'cuda' else None}
         atomic_write_bytes(run/'summary.json', json.dumps(summary, indent=1).encode())
     if verbose:
-        print(f"validation 2AFC {res['twoafc']:.4f} ({judg} judgments; best epoch {kb.best_epoch}); per category: "
+        print(f"validation 2AFC {res['twoafc']:.4f} ({_judged(judg)}; best epoch {kb.best_epoch}); per category: "
               + ', '.join(f'{k} {v:.4f}' for k, v in res['per_category'].items()))
         print(f"Run folder: {run}\n  metric: {run/'metric'} (LPIPS / RestorationLoss(lpips_model=...))\n  curves: {run/'curves.png'}\n  log: {run/'log.jsonl'}")
     return run
@@ -266,7 +274,7 @@ def score_metric(
     categories=None,         # Categories (None: all of the split's)
     load_size:int=64,        # Image side
     device=None,             # Where to run
-) -> dict:                   # `twoafc`, `per_category`, `n`, `judgments`
+) -> dict:                   # `twoafc`, `per_category`, `n`, `judgments` (`judgment_provenance` of `data`)
     "The official 2AFC score of a saved (or the official) metric on a dataset, overall and per category."
     from restorekit.perceptual import LPIPS
     if isinstance(metric, str) and metric.startswith('lpips-'): m = LPIPS(metric[len('lpips-'):])
@@ -275,7 +283,7 @@ def score_metric(
         m = load_metric(p/'metric' if (p/'metric'/'metric.json').is_file() else p)
     ds = bapps_2afc(data, split, categories, load_size=load_size, input_range=tuple(m.input_range))
     r = score_model(m, ds, device=device)
-    return {'twoafc': r['twoafc'], 'per_category': r['per_category'], 'n': len(ds), 'judgments': 'synthetic' if ds.synthetic else 'recorded (human for BAPPS)'}
+    return {'twoafc': r['twoafc'], 'per_category': r['per_category'], 'n': len(ds), 'judgments': judgment_provenance(data)}
 
 # %% ../nbs/15b_2afc_cli.ipynb #5485bd52
 def twoafc_cli(argv=None) -> int:
@@ -312,7 +320,7 @@ def twoafc_cli(argv=None) -> int:
         else:
             r = score_metric(a.metric, a.data, a.split, a.categories)
             if a.json: print(json.dumps(r, indent=1))
-            else: print(f"2AFC {r['twoafc']:.4f} on {r['n']} {a.split} triplets ({r['judgments']} judgments): "
+            else: print(f"2AFC {r['twoafc']:.4f} on {r['n']} {a.split} triplets ({_judged(r['judgments'])}): "
                         + ', '.join(f'{k} {v:.4f}' for k, v in r['per_category'].items()))
     except (ValueError, TypeError, OSError, RuntimeError) as e:
         print(f"restorekit-2afc: error: {e}", file=sys.stderr); return 2

@@ -19,7 +19,8 @@ from fastai.callback.tracker import TrackerCallback
 from fastai.data.load import DataLoader
 from safetensors.torch import save as st_save, load_file as st_load
 
-from .core import atomic_write_bytes, default_device
+from .core import atomic_write_bytes, default_device, image_tensor
+from .contract import ContractLearner, fitting, follow_lr_changes
 from .perceptual import load_trunk, _NETS, _SHIFT, _SCALE, NORM_EPS, LPIPS, load_strict
 from .twoafc import score_2afc, score_jnd
 
@@ -44,7 +45,7 @@ class TorchvisionTrunk(nn.Module):
         if net not in _NETS: raise ValueError(f"unknown trunk net {net!r}; choose from alex, vgg, squeeze (or use TappedTrunk / sr_trunk)")
         arch, self.cuts, self.chns, self.min_size = _NETS[net]
         self.net, self.arch = net, arch
-        self.features = load_trunk(arch, weights)[:self.cuts[-1]].requires_grad_(True)
+        self.features = load_trunk(arch, weights, arg='weights')[:self.cuts[-1]].requires_grad_(True)
         self.register_buffer('shift', torch.tensor(_SHIFT).view(1, 3, 1, 1), persistent=False)
         self.register_buffer('scale', torch.tensor(_SCALE).view(1, 3, 1, 1), persistent=False)
 
@@ -336,7 +337,7 @@ class NonNegative(Callback):
         return _head_params(self.learn.model) + ([m.weight for m in trunk_1x1_convs(self.learn.model)] if self.trunk_1x1 and self.method == 'project' else [])
 
     def before_fit(self):
-        if self.method == 'barrier': self.after_step()   # the barrier needs a feasible start
+        if self.method == 'barrier' and fitting(self.learn): self.after_step()   # the barrier needs a feasible start
 
     def after_loss(self):
         if self.method == 'project' or not self.training: return
@@ -372,14 +373,19 @@ class ConstantThenDecay(Callback):
     ):
         if not 0 <= const_frac <= 1: raise ValueError(f"const_frac must be in [0, 1], got {const_frac}")
         self.const_frac, self.total, self.offset = const_frac, total, offset
-    def before_fit(self): self.base = [h['lr'] for h in self.learn.opt.hypers]
+    def before_fit(self):
+        self.base = [h['lr'] for h in self.learn.opt.hypers] if fitting(self.learn) else None   # `validate` has no schedule (maybe no optimizer)
+        self.last = None
     def before_batch(self):
-        if not self.training: return
+        if not self.training or self.base is None: return
+        self.base = follow_lr_changes(self.learn.opt.hypers, self.base, self.last)   # e.g. fastai's ReduceLROnPlateau divided the rates
         pct = self.pct_train if self.total is None else (self.offset + self.pct_train * self.n_epoch) / self.total
         f = constant_then_decay(pct, self.const_frac)
         for h, b in zip(self.learn.opt.hypers, self.base): h['lr'] = b * f
+        self.last = [h['lr'] for h in self.learn.opt.hypers]
     def after_fit(self):
-        for h, b in zip(self.learn.opt.hypers, self.base): h['lr'] = b
+        if self.base is not None:
+            for h, b in zip(self.learn.opt.hypers, self.base): h['lr'] = b
 
 # %% ../nbs/15_2afc_train.ipynb #f44f499b
 def _model_state(model, trunk:bool) -> dict:
@@ -414,6 +420,7 @@ class KeepBest(TrackerCallback):
     def state_dict(self) -> dict: return {'best': float(self.best), 'best_epoch': self.best_epoch}
     def load_state_dict(self, d:dict): self.best, self.best_epoch, self._restored = d['best'], d['best_epoch'], True
     def before_fit(self):
+        if not fitting(self.learn): return   # `validate`/`get_preds`: no tracking, no best weights loaded back
         best = self.best if self._restored else None
         super().before_fit()
         if best is not None: self.best, self._restored = best, False
@@ -421,12 +428,14 @@ class KeepBest(TrackerCallback):
         t = _metric_of(self.learn.model).trunk
         return self.trunk_ if self.trunk_ is not None else (t is not None and any(p.requires_grad for p in t.parameters()))
     def after_epoch(self):
+        if not fitting(self.learn): return
         super().after_epoch()
         if self.new_best:
             self.best_epoch = self.offset + self.epoch + 1
             self.fpath.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(self.fpath, st_save(_model_state(self.learn.model, self._with_trunk()), metadata={'epoch': str(self.best_epoch), self.monitor: f'{self.best:.6f}'}))
     def after_fit(self):
+        if not fitting(self.learn): return
         if self.load_best and self.best_epoch is not None and self.fpath.exists():
             _load_model_state(self.learn.model, st_load(self.fpath), str(self.fpath))
 
@@ -551,7 +560,7 @@ def twoafc_splitter(model) -> list:
     return [trunk, head] if trunk else [head]
 
 # %% ../nbs/15_2afc_train.ipynb #33f7cd1d
-class TwoAFCLearner(Learner):
+class TwoAFCLearner(ContractLearner):
     "A fastai `Learner` for 2AFC metric training, with triplet `predict`/`show_results` and `export_metric`."
     def predict(self,
         item,   # `(ref, p0, p1)`: image paths, PIL images, `(H,W,3)` uint8 arrays or `(3,H,W)` tensors in [0,1]
@@ -591,17 +600,7 @@ class TwoAFCLearner(Learner):
 
 def _as_image(x, size, name) -> torch.Tensor:
     "A `(3,H,W)` float tensor in [0,1] from a path, PIL image, uint8 array or tensor; resized to `size` (shorter side) when given."
-    from PIL import Image
-    if isinstance(x, (str, Path)):
-        from restorekit.core import load_image
-        x = load_image(x)
-    if isinstance(x, Image.Image): x = np.asarray(x.convert('RGB'))
-    if isinstance(x, np.ndarray):
-        if x.dtype != np.uint8 or x.ndim != 3 or x.shape[2] != 3: raise ValueError(f"{name}: an array must be (H,W,3) uint8, got {x.shape} {x.dtype}")
-        x = torch.from_numpy(x.copy()).permute(2, 0, 1).float() / 255
-    if not isinstance(x, torch.Tensor): raise TypeError(f"{name} must be a path, PIL image, array or tensor, got {type(x).__name__}")
-    if x.ndim == 4 and x.shape[0] == 1: x = x[0]
-    if x.ndim != 3 or x.shape[0] != 3: raise ValueError(f"{name} must be (3,H,W), got {tuple(x.shape)}")
+    x = image_tensor(x, name)
     if size and min(x.shape[-2:]) != size:
         h, w = x.shape[-2:]; s = size / min(h, w)
         x = F.interpolate(x[None].float(), size=(round(h * s), round(w * s)), mode='bilinear', antialias=True, align_corners=False)[0]

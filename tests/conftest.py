@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -202,3 +203,13 @@ def valid_imgs() -> list[Path]:
     "Two bundled photos held out of `store`, for validation."
     from restorekit.core import sample_images
     return sample_images()[8:10]
+
+
+def patience(seconds: float) -> float:
+    """The limit of a hang guard: `seconds` (a wide margin over what the wait takes on 2 quiet cores), stretched by the
+    machine's load (the 1-minute load average per core, when above 1) and by `$RESTOREKIT_TEST_PATIENCE` (default 1).
+    Such limits only stop a test that would otherwise hang the suite (a deadlocked process, a lost child); none of
+    them measures speed, so a slow, busy machine must never reach one."""
+    try: load = os.getloadavg()[0] / (os.cpu_count() or 1)
+    except OSError: load = 1.0
+    return seconds * max(1.0, load) * float(os.environ.get('RESTOREKIT_TEST_PATIENCE', '1'))

@@ -35,7 +35,7 @@ from restorekit.learner import TrainPatches
 from restorekit.silver import SilverStore, build_silver
 
 N_ITER = 6      # fit_iters(N_ITER); epoch_len=5, bs=4
-TIMEOUT = 50    # seconds for both workers
+TIMEOUT = 300   # hang guard for both workers (a deadlocked rendezvous); ~15 s on 2 quiet cores, scaled by `patience`
 
 WORKER = r'''
 import hashlib, json, math, os, sys, warnings
@@ -45,6 +45,7 @@ from restorekit.core import sample_images
 from restorekit.learner import default_metrics, restoration_dls, restoration_learner
 from restorekit.losses import RestorationLoss
 from restorekit.silver import SilverStore
+from conftest import patience   # hang guards scaled by the machine's load
 with warnings.catch_warnings():
     warnings.filterwarnings('ignore', category=FutureWarning)
     from fastai.callback.core import Callback
@@ -113,7 +114,7 @@ def run_workers(tmp, store, n_iter=N_ITER, world=2):
         logs.append(log)
         procs.append(subprocess.Popen([sys.executable, str(script), str(store), str(out), str(n_iter)],
                                       env=env, stdout=log, stderr=subprocess.STDOUT))
-    end = time.monotonic() + TIMEOUT
+    end = time.monotonic() + patience(TIMEOUT)
     try:
         for p in procs: p.wait(timeout=max(1, end - time.monotonic()))
     except subprocess.TimeoutExpired: pass

@@ -19,6 +19,7 @@ from restorekit.learner import default_metrics, restoration_dls, restoration_lea
 from restorekit.losses import RestorationLoss
 from restorekit.models import create_model
 from restorekit.silver import SilverStore, build_silver
+from conftest import patience   # hang guards (subprocess timeouts) scaled by the machine's load
 
 with warnings.catch_warnings():
     warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
@@ -178,14 +179,14 @@ def test_eco_demo_preset_from_a_demo_run(tmp_path):
     tiny = ['n_iter=6', 'validate_every=3', 'checkpoint_every=3', 'patch=32', 'bs=4', 'model_kw.n_blocks=1', 'valid_crop=64']
     teacher_run = train(load_config(preset='demo', overrides=tiny), run_dir=tmp_path / 'demo', verbose=False)
     r = subprocess.run([sys.executable, '-m', 'restorekit.train', '--preset', 'eco_demo', '--set', *tiny, f'eco.teacher={teacher_run}',
-                        'eco.schedule=linear', '--run-dir', tmp_path / 'eco'], capture_output=True, text=True, timeout=600)
+                        'eco.schedule=linear', '--run-dir', tmp_path / 'eco'], capture_output=True, text=True, timeout=patience(600))
     assert r.returncode == 0, r.stderr[-3000:]
     meta = json.loads((tmp_path / 'eco' / 'centroids' / 'meta.json').read_text())
     assert meta['complete'] and meta['scale'] == 2
     alphas = [json.loads(l)['alpha'] for l in (tmp_path / 'eco' / 'log.jsonl').read_text().splitlines() if '"train"' in l]
     assert alphas == [i / 6 for i in range(6)]
     r = subprocess.run([sys.executable, '-m', 'restorekit.train', '--preset', 'eco_demo', '--run-dir', tmp_path / 'x'],
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=patience(300))
     assert r.returncode != 0 and 'eco.teacher=' in r.stderr and 'Traceback' not in r.stderr and not (tmp_path / 'x').exists()
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from restorekit.core import shared_data
+from conftest import patience   # hang guards (subprocess timeouts) scaled by the machine's load
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -16,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
                     reason='needs ../shared/data (IMDN x2 weights and Set5)')
 def test_finetune_defaults_smoke():
     r = subprocess.run([sys.executable, str(ROOT / 'experiments' / 'finetune_defaults.py'), '--smoke'],
-                       capture_output=True, text=True, timeout=900)
+                       capture_output=True, text=True, timeout=patience(900))
     assert r.returncode == 0, r.stderr[-3000:]
     lines = [l for l in r.stdout.splitlines() if ' seed 0: ' in l]
     assert len(lines) == 4, r.stdout
@@ -54,7 +55,7 @@ def test_eco_statistics():
 def test_eco_experiment_smoke():
     "A few iterations of every arm and part: the machinery runs end to end (not the claims)."
     r = subprocess.run([sys.executable, str(ROOT / 'experiments' / 'eco.py'), '--smoke', '--threads', '1'], capture_output=True,
-                       text=True, timeout=1200)
+                       text=True, timeout=patience(1200))
     assert r.returncode == 0, r.stderr[-3000:]
     for arm in ('vanilla', 'kd', 'eco_none', 'eco_linear', 'eco_sigmoid'): assert f'{arm} ' in r.stdout, r.stdout
     assert 'smoke run ok' in r.stdout

@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file
 
 from restorekit.callbacks import read_checkpoint
+from conftest import patience   # hang guards scaled by the machine's load
 
 N_ITER, EVERY = 48, 4
 SETS = [f'n_iter={N_ITER}', 'validate_every=8', f'checkpoint_every={EVERY}', 'patch=32', 'bs=4', 'model_kw.n_feats=8',
@@ -53,19 +54,19 @@ def _last_train_iter(log: Path) -> int:
     return it
 
 
-def _kill_at(run: Path, resume: bool, target: int, timeout: float = 180) -> int:
+def _kill_at(run: Path, resume: bool, target: int, timeout: float = 300) -> int:
     "Start the CLI, SIGKILL it as soon as its log shows iteration `target`; return the iteration seen at the kill."
     p = subprocess.Popen(_cmd(run, resume), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env())
     try:
-        t0, seen = time.time(), 0
+        t0, seen, timeout = time.time(), 0, patience(timeout)   # hang guard: the target iteration comes within seconds
         while True:
             seen = _last_train_iter(run / 'log.jsonl')
             if seen >= target: break
             if p.poll() is not None: pytest.fail(f'the run ended (rc {p.returncode}) before iteration {target}: {p.stderr.read().decode()[-2000:]}')
-            if time.time() - t0 > timeout: pytest.fail(f'iteration {target} not reached in {timeout} s')
+            if time.time() - t0 > timeout: pytest.fail(f'iteration {target} not reached in {timeout:.0f} s')
             time.sleep(0.002)
         os.kill(p.pid, signal.SIGKILL)
-        p.wait(30)
+        p.wait(patience(60))   # hang guard: a SIGKILLed process is reaped at once
     finally:
         if p.poll() is None: p.kill(); p.wait()
     assert p.returncode == -signal.SIGKILL
@@ -73,7 +74,7 @@ def _kill_at(run: Path, resume: bool, target: int, timeout: float = 180) -> int:
 
 
 def _finish(run: Path, resume: bool):
-    r = subprocess.run(_cmd(run, resume), capture_output=True, text=True, env=_env(), timeout=600)
+    r = subprocess.run(_cmd(run, resume), capture_output=True, text=True, env=_env(), timeout=patience(600))   # hang guard
     assert r.returncode == 0, r.stderr[-3000:]
     return r
 

@@ -28,6 +28,7 @@ from restorekit.learner import (
 from restorekit.losses import RestorationLoss
 from restorekit.metrics import psnr, ssim
 from restorekit.models import create_model, load_weights, save_weights
+from conftest import patience   # hang guards (subprocess timeouts) scaled by the machine's load
 
 with warnings.catch_warnings():
     warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
@@ -165,7 +166,7 @@ def test_predict_path_pil_array_tensor(store, valid_imgs, tmp_path):
     inp, *_ = learn.predict(x, with_input=True)
     assert torch.equal(inp, x)
     with pytest.raises(ValueError, match=r'\(3,H,W\)'): learn.predict(torch.rand(4, 8, 8))
-    with pytest.raises(TypeError, match='predict takes'): learn.predict(42)
+    with pytest.raises(TypeError, match='predict must be an image path'): learn.predict(42)
 
 
 def test_show_batch_and_results_draw_the_pairs_without_side_effects(store, valid_imgs, tmp_path):
@@ -273,6 +274,6 @@ def test_without_accelerate_imports_and_names_the_extra():
             "from fastai.learner import Learner\n"
             "try: Learner.distrib_ctx(None)\n"
             "except ImportError as e: print(e)\n")
-    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=patience(120))
     assert r.returncode == 0, r.stderr[-2000:]
     assert "pip install 'restorekit[distributed]'" in r.stdout

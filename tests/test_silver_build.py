@@ -9,6 +9,8 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,7 @@ from PIL import Image
 
 from restorekit.core import load_image
 from restorekit.silver import (
+from conftest import patience   # hang guards scaled by the machine's load
     SilverStore,
     build_silver,
     contact_sheet,
@@ -107,9 +110,12 @@ def test_corpus_store_bytes_match_independent_cut(corpus_with_photos, tmp_path):
 
 
 def test_build_with_workers_matches_in_process(corpus_with_photos, tmp_path):
+    "Built in a thread that is not the main one: the workers (which die with the thread that started them) do the work."
     c = corpus_with_photos
     _build(c.root, tmp_path / 'a', n_workers=0)
-    rep = _build(c.root, tmp_path / 'b', n_workers=2)
+    with warnings.catch_warnings(), ThreadPoolExecutor(1) as ex:
+        warnings.simplefilter('error')                        # no falling back to decoding in-process
+        rep = ex.submit(_build, c.root, tmp_path / 'b', n_workers=2).result()
     assert _data(tmp_path / 'a') == _data(tmp_path / 'b')
     assert {s['file'] for s in rep['skipped']} == set(c.skipped)
 
@@ -250,7 +256,7 @@ def test_resume_after_real_sigkill_equals_uninterrupted_build(tmp_path, photos_w
     proc = subprocess.Popen([sys.executable, '-c', _KILL_SCRIPT, str(src), str(dest)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     journal = dest / 'journal.jsonl'
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + patience(60)
     try:
         while time.monotonic() < deadline and proc.poll() is None:
             if journal.exists() and journal.read_text().count('\n') >= 1: break
@@ -259,7 +265,7 @@ def test_resume_after_real_sigkill_equals_uninterrupted_build(tmp_path, photos_w
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         if proc.poll() is None: proc.kill()
-        proc.wait(timeout=30)
+        proc.wait(timeout=patience(30))
         proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL
 
@@ -275,6 +281,115 @@ def test_resume_after_real_sigkill_equals_uninterrupted_build(tmp_path, photos_w
     assert 0 < rep['n_new_patches'] < rep_ref['n_patches']
     assert _data(dest) == _data(ref)
     assert [r['src'] for r in _journal(dest)] == [r['src'] for r in _journal(ref)]
+
+
+# ---------------------------------------------------------------- decoding workers
+
+_NO_GUARD_SCRIPT = """\
+import sys
+from restorekit.silver import build_silver
+rep = build_silver(sys.argv[1], sys.argv[2], patch=64, n_workers=2, verbose=False)   # no `if __name__ == '__main__':`
+print(rep['n_patches'])
+"""
+
+
+def test_script_without_main_guard_builds_in_process(tmp_path, photos_writer):
+    """A script calling build_silver with workers but no main guard: its spawned workers re-import it and stop at once
+    (no second build); the build falls back to decoding in-process, completes, and says so in one warning line."""
+    src = tmp_path / 'src'; photos_writer(src, 6)
+    script = tmp_path / 'build.py'; script.write_text(_NO_GUARD_SCRIPT)
+    dest = tmp_path / 'store'
+    # the limit only stops a hang: the run starts two workers that each import torch (seconds on a loaded machine)
+    r = subprocess.run([sys.executable, str(script), str(src), str(dest)], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=patience(600), check=False)
+    assert r.returncode == 0, r.stderr
+    assert 'Traceback' not in r.stderr and 'Error' not in r.stderr, r.stderr
+    warns = [l for l in r.stderr.splitlines() if 'Warning' in l]
+    assert len(warns) == 1, r.stderr
+    assert "if __name__ == '__main__':" in warns[0] and 'n_workers=0' in warns[0], warns[0]
+    assert len(r.stderr.splitlines()) <= 2, r.stderr          # the warning, and the source line Python shows with it
+    assert _meta(dest)['complete'] is True
+    assert r.stdout.split() == [str(len(SilverStore(dest)))]  # the script ran its build once, in one process
+    _build(src, tmp_path / 'ref')
+    assert _data(dest) == _data(tmp_path / 'ref')
+    assert [j['src'] for j in _journal(dest)] == [j['src'] for j in _journal(tmp_path / 'ref')]   # each file once
+
+
+_STALLED_WORKERS_SCRIPT = """\
+import os, sys, time
+from pathlib import Path
+
+marks = Path(os.environ['MARKS'])
+
+def stall(stage):
+    "Leave a mark that this worker reached `stage`, then wait until the test releases that stage."
+    (marks / f'{stage}-{os.getpid()}').touch()
+    while not (marks / f'release-{stage}').exists(): time.sleep(0.05)
+
+class Stall:
+    "Import hook: `import restorekit.silver` is the 'import' stage."
+    def find_spec(self, name, path=None, target=None):
+        if name == 'restorekit.silver': stall('import')
+
+if __name__ == '__mp_main__':       # a spawned worker re-imports this script first: the 'start' stage
+    sys.meta_path.insert(0, Stall())
+    stall('start')
+if __name__ == '__main__':
+    from restorekit.silver import build_silver
+    build_silver(sys.argv[1], sys.argv[2], patch=64, n_workers=2, verbose=False)
+"""
+
+
+def _alive(pid: int) -> bool:
+    "Whether `pid` runs (a zombie, dead but not yet reaped, counts as dead)."
+    try: return Path(f'/proc/{pid}/status').read_text().split('State:')[1].split()[0] != 'Z'
+    except (FileNotFoundError, IndexError): return False
+
+
+def _children(pid: int) -> set[int]:
+    "Ids of the child processes of `pid` (Linux)."
+    out = set()
+    for t in Path(f'/proc/{pid}/task').iterdir():
+        try: out |= {int(k) for k in (t / 'children').read_text().split()}
+        except FileNotFoundError: pass
+    return out
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='PR_SET_PDEATHSIG and /proc are Linux')
+@pytest.mark.parametrize('stage', ['start', 'import'])
+def test_workers_still_starting_die_with_a_killed_build(tmp_path, photos_writer, stage):
+    """SIGKILL a build while its workers are still starting, stalled in their re-import of the script ('start': they go
+    on once the build is dead) or in `import restorekit.silver` ('import': they stay stalled). No worker outlives the
+    build, and after 'start' none gets as far as importing restorekit.silver."""
+    src = tmp_path / 'src'; photos_writer(src, 8)
+    script = tmp_path / 'build.py'; script.write_text(_STALLED_WORKERS_SCRIPT)
+    marks = tmp_path / 'marks'; marks.mkdir()
+    (marks / f"release-{'import' if stage == 'start' else 'start'}").touch()
+    proc = subprocess.Popen([sys.executable, str(script), str(src), str(tmp_path / 'dest')], cwd=tmp_path,
+                            env={**os.environ, 'MARKS': str(marks)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    pids = set()
+    try:
+        # progress, not time: wait until both workers reached the stage (well under a second; the bound ends a broken run)
+        end = time.monotonic() + patience(300)
+        while time.monotonic() < end and proc.poll() is None and len(pids) < 2:
+            pids = {int(p.name.split('-')[1]) for p in marks.glob(f'{stage}-*')}
+            time.sleep(0.05)
+        assert proc.poll() is None and len(pids) == 2, f"the workers did not reach {stage!r}: {proc.stderr.read()!r}"
+        pids |= _children(proc.pid)                           # and the resource tracker
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        if stage == 'start': (marks / 'release-start').touch()
+        # they die at once (PR_SET_PDEATHSIG, or their first look at their parent); the bound only ends a failing
+        # run (workers stalled for ever) and is generous for a loaded machine
+        end = time.monotonic() + patience(120)
+        while time.monotonic() < end and any(_alive(p) for p in pids): time.sleep(0.1)
+        assert not [p for p in pids if _alive(p)], 'worker processes outlived the killed build'
+        if stage == 'start': assert not list(marks.glob('import-*')), 'a worker went on to import restorekit.silver'
+    finally:
+        if proc.poll() is None: proc.kill(); proc.wait()
+        proc.stderr.close()
+        for p in pids:
+            if _alive(p): os.kill(p, signal.SIGKILL)
 
 
 # ---------------------------------------------------------------- determinism
@@ -432,7 +547,7 @@ def test_cli_builds_store_and_contact_sheet(corpus_with_photos, tmp_path):
     # --n-workers 0: the corpus has 17 image files, which by default would start 2 spawned workers
     # (covered by test_build_with_workers_matches_in_process); in-process keeps this test fast
     r = subprocess.run([str(_cli()), str(dest), '--src', str(c.root), '--patch', str(P), '--n-workers', '0'],
-                       capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False)
+                       capture_output=True, text=True, timeout=patience(120), cwd=tmp_path, check=False)
     assert r.returncode == 0, r.stderr
     assert 'Traceback' not in r.stderr
     sheet = dest / 'contact_sheet.png'
@@ -450,7 +565,7 @@ def test_cli_builds_store_and_contact_sheet(corpus_with_photos, tmp_path):
 def test_cli_error_is_one_line_without_traceback(tmp_path):
     (tmp_path / 'empty').mkdir()
     r = subprocess.run([str(_cli()), str(tmp_path / 'store'), '--src', str(tmp_path / 'empty'), '--patch', str(P)],
-                       capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False)
+                       capture_output=True, text=True, timeout=patience(120), cwd=tmp_path, check=False)
     assert r.returncode != 0
     err = r.stderr.strip()
     assert 'Traceback' not in r.stderr

@@ -13,6 +13,7 @@ import restorekit.train
 from restorekit.callbacks import CheckpointEvery, read_checkpoint
 from restorekit.models import create_model, load_weights
 from restorekit.train import TRAIN_PRESETS, TrainConfig, load_config, train
+from conftest import patience   # hang guards (subprocess timeouts) scaled by the machine's load
 
 TINY = ['n_iter=20', 'validate_every=10', 'checkpoint_every=10', 'patch=32', 'bs=4', 'model_kw.n_blocks=1',
         'valid_crop=64']
@@ -115,7 +116,7 @@ def test_resume_needs_run_folder(tmp_path):
 
 def _cli(*args, cwd):
     return subprocess.run([sys.executable, '-m', 'restorekit.train', *args], check=False, capture_output=True, text=True, cwd=cwd,
-                          timeout=300)
+                          timeout=patience(300))
 
 
 def test_cli(tmp_path):
@@ -211,3 +212,56 @@ def test_demo_trains_on_gold_degradations():
     cfg = load_config(preset='demo')
     assert cfg.degrade == 'light' and cfg.device == 'cpu' and cfg.threads == 1
     assert not cfg.loss['lpips'] and not cfg.loss['vgg']      # nothing to download
+
+
+# --- comparison.png -------------------------------------------------------------------------------------------------
+
+def test_detail_crop_is_the_most_detailed_window_of_the_target():
+    "Item 9: the crop comparison.png shows is chosen by a rule on the HR target alone (`detail_crop`)."
+    from restorekit.train import detail_crop
+    img = torch.full((3, 64, 96), 0.5)
+    img[:, 32:, 48:] = torch.rand(3, 32, 48, generator=torch.Generator().manual_seed(0))   # one textured quadrant
+    t, l, b, r = detail_crop(img, 24)
+    assert (b - t, r - l) == (24, 24) and t >= 32 and l >= 48 and b <= 64 and r <= 96   # inside it, inside the image
+    assert detail_crop(img[None], 24) == (t, l, b, r) == detail_crop(img.clone(), 24)   # a batch of one; deterministic
+    assert detail_crop(torch.full((3, 40, 50), .3), 16) == (0, 0, 16, 16)              # ties: top-most, then left-most
+    assert detail_crop(img, 500) == (0, 32, 64, 96)                                    # clipped to the shorter side
+
+
+def test_comparison_titles_whole_image_psnrs(tmp_path, monkeypatch, photo_maker):
+    "Item 9: comparison.png's titles and `_comparison`'s dict give whole-image PSNRs; the crop shown is `detail_crop`'s."
+    from restorekit.imresize import imresize
+    from restorekit.metrics import psnr
+    torch.manual_seed(0)
+    model = create_model('edsr_baseline', 2, n_feats=8, n_blocks=1).eval()
+    hqs = [torch.from_numpy(photo_maker(64, 80, seed=i)).permute(2, 0, 1).float() / 255 for i in range(2)]
+    pairs = [(imresize(hq, 0.5).clamp(0, 1), hq) for hq in hqs]
+    grids = []
+    real = restorekit.train.image_grid
+    def spy(rows, col_titles, titles=None, **kw):
+        grids.append((rows, titles)); return real(rows, col_titles, titles, **kw)
+    monkeypatch.setattr(restorekit.train, 'image_grid', spy)
+    res = restorekit.train._comparison(model, pairs, 2, tmp_path / 'comparison.png', torch.device('cpu'))
+    assert (tmp_path / 'comparison.png').stat().st_size > 0
+    with torch.no_grad(): srs = [model(lq[None]).clamp(0, 1) for lq, _ in pairs]
+    bics = [imresize(lq[None], 2).clamp(0, 1) for lq, _ in pairs]
+    pb = [float(psnr(b, hq[None], 2)) for b, hq in zip(bics, hqs)]
+    pm = [float(psnr(s, hq[None], 2)) for s, hq in zip(srs, hqs)]
+    # summary.json's figures: means of whole-image PSNRs over the validation pairs
+    assert res['psnr_bicubic'] == pytest.approx(sum(pb) / 2) and res['psnr_model'] == pytest.approx(sum(pm) / 2)
+    shown = res['comparison']   # the image shown (the first pair): its whole-image PSNRs, and the crop by the rule
+    assert shown['image'] == 0
+    assert shown['psnr_bicubic'] == pytest.approx(pb[0]) and shown['psnr_model'] == pytest.approx(pm[0])
+    from restorekit.train import detail_crop
+    t, l, b, r = detail_crop(hqs[0], 32)   # half the shorter side
+    assert tuple(shown['crop']) == (t, l, b, r)
+    assert shown['crop_psnr_bicubic'] == pytest.approx(float(psnr(bics[0][..., t:b, l:r], hqs[0][None, :, t:b, l:r], 2)))
+    assert shown['crop_psnr_model'] == pytest.approx(float(psnr(srs[0][..., t:b, l:r], hqs[0][None, :, t:b, l:r], 2)))
+    json.dumps(res)   # it goes into summary.json
+    # the picture: whole images titled with their whole-image PSNRs, then the crop, titled as the crop's
+    (rows, titles), = grids
+    assert torch.equal(rows[0][2], hqs[0]) and torch.equal(rows[1][2], hqs[0][:, t:b, l:r])
+    assert torch.allclose(rows[1][1], srs[0][0, :, t:b, l:r])
+    whole, crop = ' | '.join(titles[0]), ' | '.join(titles[1])
+    assert 'whole image' in whole and f'{pb[0]:.2f} dB' in titles[0][0] and f'{pm[0]:.2f} dB' in titles[0][1]
+    assert 'crop' in crop and f"{shown['crop_psnr_model']:.2f} dB" in titles[1][1] and f'{pm[0]:.2f}' not in crop

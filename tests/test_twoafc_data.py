@@ -452,11 +452,25 @@ def test_make_2afc_refuses_nonempty_dest(tmp_path, sources):
     before = tree(tmp_path)
     with pytest.raises(FileExistsError, match='not empty') as e: make_2afc(sources, dest, n_train=10, n_val=5)
     assert '\n' not in str(e.value) and tree(tmp_path) == before
+    assert 'overwrite=True (--overwrite)' in str(e.value)                   # the flag of `restorekit-2afc make` too
     with pytest.raises(FileExistsError, match='holds no observer.json from make_2afc'):
         make_2afc(sources, dest, n_train=10, n_val=5, overwrite=True)
     assert tree(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == ['dest']
     (tmp_path / 'file').write_text('x')
     with pytest.raises(FileExistsError, match='is a file'): make_2afc(sources, tmp_path / 'file', n_train=10, n_val=5)
+
+
+def test_judgment_provenance(tmp_path):
+    syn = make_2afc(sample_images()[:3], tmp_path / 'syn', n_train=6, n_val=3)
+    bapps = write_bapps_fixture(tmp_path / 'bapps', categories=BAPPS_2AFC['val'][:2], n=2, jnd=True)
+    write_bapps_fixture(bapps, split='train', categories=BAPPS_2AFC['train'], n=2)
+    mine = write_bapps_fixture(tmp_path / 'mine', categories=('traditional', 'ours'), n=2)
+    assert [T.judgment_provenance(p) for p in (syn, syn / '2afc', bapps, bapps / '2afc', mine, tmp_path / 'missing')] == [
+        'synthetic', 'synthetic', 'human (BAPPS)', 'human (BAPPS)', 'unknown provenance', 'unknown provenance']
+    flat = write_bapps_fixture(tmp_path / 'flat', categories=('cnn',), n=2) / '2afc'     # root/<split>/<category> of the archive
+    assert T.judgment_provenance(flat) == 'human (BAPPS)'
+    (bapps / '2afc' / 'test').mkdir()                                                      # a split BAPPS does not have
+    assert T.judgment_provenance(bapps) == 'unknown provenance'
 
 
 def test_make_2afc_overwrite_removes_only_its_own(tmp_path, sources):

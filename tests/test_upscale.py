@@ -13,6 +13,7 @@ import torch
 from restorekit.core import load_image, save_image
 from restorekit.inference import restore
 from restorekit.models import create_model, save_weights
+from conftest import patience   # hang guards (subprocess timeouts) scaled by the machine's load
 
 SCALE = 2
 
@@ -45,7 +46,7 @@ def folder(tmp_path):
 
 def run(*args, cwd=None):
     return subprocess.run([sys.executable, '-m', 'restorekit.upscale', *map(str, args), '--quiet'], capture_output=True,
-                          text=True, cwd=cwd, timeout=300)
+                          text=True, cwd=cwd, timeout=patience(300))
 
 
 def test_folder_with_bad_files(folder, model_file, tmp_path):
