@@ -306,7 +306,7 @@ def main(argv=None) -> dict:
     ap.add_argument('--smoke', action='store_true', help='tiny data, 1 epoch, one seed: checks the machinery, not the claims')
     ap.add_argument('--out', default=str(Path(__file__).parent/'results'))
     a = ap.parse_args(argv)
-    if a.smoke: a.n_train, a.n_val, a.seeds, a.epochs, a.decay_epochs = 100, 60, a.seeds[:1], 1, 0
+    if a.smoke: a.n_train, a.n_val, a.seeds, a.epochs, a.decay_epochs = 50, 40, a.seeds[:1], 1, 0
     torch.set_num_threads(a.threads)
     sd = shared_data()
     sr_weights = a.sr_weights or (sd/'weights_IMDN'/'IMDN_x2.pth' if sd else None)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import sys
 
 from fastcore.xtras import ContextManagers
-from fastai.basics import Learner, Callback
-from fastai.callback.tracker import TrackerCallback
+from fastai.callback.core import Callback
+from fastai.learner import Learner
 
 # %% auto #0
 __all__ = ['fitting', 'recorder_columns', 'MonitorError', 'CheckMonitors', 'follow_lr_changes', 'ContractLearner']
@@ -31,16 +31,17 @@ class MonitorError(ValueError):
 
 class CheckMonitors(Callback):
     "Before fastai's tracker callbacks start, check that each `monitor` is a Recorder column; the error names the columns."
-    order = TrackerCallback.order - 1   # after the Recorder (and anything adding metrics) has named its columns
+    order = 59   # after the Recorder (50, and anything adding metrics) has named its columns, before fastai's trackers (60)
     def __call__(self, event_name):
         # not through `Callback.__call__`, which would bury the message under "Exception occured in `CheckMonitors`"
         if event_name == 'before_fit' and self.run: self.before_fit()
     def before_fit(self):
+        tracker = sys.modules.get('fastai.callback.tracker')   # not imported: no tracker callback here (and none to import)
         cols = recorder_columns(self.learn)
-        if not cols: return   # no Recorder: fastai's trackers cannot run either
+        if tracker is None or not cols: return   # no Recorder: fastai's trackers cannot run either
         for cb in self.learn.cbs:
             m = getattr(cb, 'monitor', None)
-            if isinstance(cb, TrackerCallback) and m not in cols:
+            if isinstance(cb, tracker.TrackerCallback) and m not in cols:
                 hint = next((f" (did you mean {c!r}?)" for c in (f'valid_{m}', f'train_{m}') if c in cols), '')
                 raise MonitorError(f"{type(cb).__name__}(monitor={m!r}): no Recorder column is called {m!r}{hint}; "
                                    f"the columns are {', '.join(map(repr, cols))}")

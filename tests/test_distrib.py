@@ -33,6 +33,7 @@ if not (torch.distributed.is_available() and torch.distributed.is_gloo_available
 from restorekit.core import sample_images
 from restorekit.learner import TrainPatches
 from restorekit.silver import SilverStore, build_silver
+from conftest import patience   # hang guards scaled by the machine's load
 
 N_ITER = 6      # fit_iters(N_ITER); epoch_len=5, bs=4
 TIMEOUT = 300   # hang guard for both workers (a deadlocked rendezvous); ~15 s on 2 quiet cores, scaled by `patience`
@@ -45,7 +46,6 @@ from restorekit.core import sample_images
 from restorekit.learner import default_metrics, restoration_dls, restoration_learner
 from restorekit.losses import RestorationLoss
 from restorekit.silver import SilverStore
-from conftest import patience   # hang guards scaled by the machine's load
 with warnings.catch_warnings():
     warnings.filterwarnings('ignore', category=FutureWarning)
     from fastai.callback.core import Callback

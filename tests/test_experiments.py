@@ -92,7 +92,7 @@ def test_lin_scratch_tune_smoke(tmp_path):
     "The protocol end to end on a tiny synthetic set (machinery, not claims): a complete table; a rerun reproduces the numbers."
     import json
     lst = _lst_module()
-    res = lst.main(['--smoke', '--trunks', 'alex', 'sr', '--out', str(tmp_path / 'a')])
+    res = lst.main(['--smoke', '--trunks', 'alex', 'sr', '--threads', '1', '--out', str(tmp_path / 'a')])   # 1 thread: pytest-xdist runs another test beside it
     rows = res['summary']['rows']
     assert set(rows) == {'alex/scratch', 'sr/lin', 'sr/scratch', 'sr/tune'} and res['judgments'] == 'synthetic'
     assert {(s['trunk'], s['paradigm']) for s in res['skipped']} == {('alex', 'lin'), ('alex', 'tune')}   # no ImageNet weights offline
@@ -101,7 +101,7 @@ def test_lin_scratch_tune_smoke(tmp_path):
     md = (tmp_path / 'a' / 'lin_scratch_tune_table.md').read_text()
     assert 'synthetic judgments' in md and 'Published' in md and 'not run' in md
     for f in ('lst_curves.png', 'lst_heads.png', 'lst_lr.png', 'lin_scratch_tune.json'): assert (tmp_path / 'a' / f).is_file()
-    again = lst.main(['--smoke', '--trunks', 'alex', '--paradigms', 'scratch', '--out', str(tmp_path / 'b')])
+    again = lst.main(['--smoke', '--trunks', 'alex', '--paradigms', 'scratch', '--threads', '1', '--out', str(tmp_path / 'b')])
     assert again['summary']['rows']['alex/scratch']['twoafc_per_seed'] == rows['alex/scratch']['twoafc_per_seed']
     assert json.loads((tmp_path / 'b' / 'lin_scratch_tune.json').read_text())['summary']['baselines']['L2 (Lab)']['twoafc'] == res['summary']['baselines']['L2 (Lab)']['twoafc']
 

@@ -395,3 +395,23 @@ def test_fastai_callback_needs_a_restoration_loss():
     learn = _learner(nn.L1Loss(), cbs=LossTermsCallback())
     with pytest.raises(TypeError, match='RestorationLoss'), learn.no_bar(), learn.no_logging(): learn.fit(1)
     with pytest.raises(TypeError, match='RestorationLoss'): loss_term_metrics(nn.L1Loss())
+
+
+def test_lpips_model_takes_a_module_as_well_as_a_folder():
+    "A metric module (e.g. an `LPIPS`) for the lpips term is used as it is, frozen; a module without input_range is refused."
+    torch.manual_seed(0)
+    mine = LPIPS('alex', trunk='random', heads='random')
+    loss = RestorationLoss(l1=0, ms_ssim=0, lpips=1, lpips_model=mine)
+    assert loss.lpips is mine and not any(p.requires_grad for p in mine.parameters())
+    x, y = torch.rand(2, 3, 40, 40), torch.rand(2, 3, 40, 40)
+    assert torch.allclose(loss(x, y), mine(x, y).mean(), atol=1e-6)
+    with pytest.raises(TypeError, match='lpips_model must be a metric module'): RestorationLoss(lpips=1, lpips_model=nn.Identity())
+    with pytest.raises(TypeError, match='lpips_model must be'): RestorationLoss(lpips=1, lpips_model=3)
+
+
+def test_twoafc_trunk_offline_message_names_the_weights_keyword(offline_empty_cache, monkeypatch):
+    "`twoafc_model` takes its trunk weights as `weights=`: the offline error must say so (not `trunk=`)."
+    from restorekit.twoafc_train import twoafc_model
+    monkeypatch.setenv('RESTOREKIT_OFFLINE', '1')
+    with pytest.raises(TrunkWeightsError) as e: twoafc_model('alex', 'lin')
+    assert "weights='random'" in str(e.value) and "trunk='random'" not in str(e.value)

@@ -20,9 +20,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from conftest import patience   # hang guards scaled by the machine's load
 from restorekit.core import load_image
 from restorekit.silver import (
-from conftest import patience   # hang guards scaled by the machine's load
     SilverStore,
     build_silver,
     contact_sheet,
