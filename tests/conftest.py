@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+import sys
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,3 +214,15 @@ def patience(seconds: float) -> float:
     try: load = os.getloadavg()[0] / (os.cpu_count() or 1)
     except OSError: load = 1.0
     return seconds * max(1.0, load) * float(os.environ.get('RESTOREKIT_TEST_PATIENCE', '1'))
+
+
+def run_cli(cli, prog: str, argv: list) -> int:
+    "Run a `call_parse` console entry point in this process with `argv`, as its console script would; return the exit status."
+    from unittest import mock
+    with mock.patch.object(sys, 'argv', [prog, *map(str, argv)]):
+        script = str(Path(sys.prefix) / 'bin' / prog)   # the top level of the console script, which `call_parse` detects
+        try: exec(compile('sys.exit(cli())', script, 'exec'), {'__name__': '__main__', '__file__': script, 'sys': sys, 'cli': cli})
+        except SystemExit as e:
+            if isinstance(e.code, str): print(e.code, file=sys.stderr)   # what the interpreter does with sys.exit('message')
+            return e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+    return 0

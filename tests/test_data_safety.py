@@ -16,7 +16,7 @@ from restorekit.core import save_image
 from restorekit.learner import default_metrics, restoration_dls, restoration_learner
 from restorekit.models import create_model, save_weights
 from restorekit.train import load_config, train
-from conftest import patience   # hang guards (subprocess timeouts) scaled by the machine's load
+from conftest import patience, run_cli   # hang guards scaled by the machine's load; a console entry point in this process
 
 pytestmark = pytest.mark.usefixtures('one_thread')   # conftest.py
 TINY = ['n_iter=20', 'validate_every=10', 'checkpoint_every=10', 'patch=32', 'bs=4', 'model_kw.n_blocks=1', 'valid_crop=64']
@@ -346,16 +346,6 @@ def test_upscale_never_touches_what_it_did_not_write(tmp_path_factory, model_fil
     for p, h in before.items():
         if not overwrite: assert after.get(p) == h, f"{p} existed and was changed without --overwrite: {argv}"
         else: assert p in after, f"{p} was deleted: {argv}"
-
-
-def run_cli(cli, prog: str, argv: list) -> int:
-    "Run a `call_parse` console entry point in this process with `argv`, as its console script would; return the exit status."
-    from unittest import mock
-    with mock.patch.object(sys, 'argv', [prog, *map(str, argv)]):
-        script = str(Path(sys.prefix) / 'bin' / prog)   # the top level of the console script, which `call_parse` detects
-        try: exec(compile('sys.exit(cli())', script, 'exec'), {'__name__': '__main__', '__file__': script, 'sys': sys, 'cli': cli})
-        except SystemExit as e: return e.code if isinstance(e.code, int) else 0 if e.code is None else 1
-    return 0
 
 
 STORE_FILES = ('patches.u8', 'journal.jsonl', 'meta.json', 'report.json', 'contact_sheet.png')

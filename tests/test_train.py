@@ -13,7 +13,7 @@ import restorekit.train
 from restorekit.callbacks import CheckpointEvery, read_checkpoint
 from restorekit.models import create_model, load_weights
 from restorekit.train import TRAIN_PRESETS, TrainConfig, load_config, train
-from conftest import patience   # hang guards (subprocess timeouts) scaled by the machine's load
+from conftest import patience, run_cli   # hang guards (subprocess timeouts) scaled by the machine's load; an entry point in-process
 
 TINY = ['n_iter=20', 'validate_every=10', 'checkpoint_every=10', 'patch=32', 'bs=4', 'model_kw.n_blocks=1',
         'valid_crop=64']
@@ -131,13 +131,15 @@ def test_cli(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
 
 
-def test_cli_errors(tmp_path):
-    r = _cli('--preset', 'dmeo', cwd=tmp_path)
-    assert r.returncode == 1 and "did you mean 'demo'" in r.stderr
-    r = _cli('--preset', 'demo', '--set', 'n_iters=3', cwd=tmp_path)
-    assert r.returncode == 1 and "did you mean 'n_iter'" in r.stderr
-    r = _cli('--resume', cwd=tmp_path)
-    assert r.returncode == 1 and '--run-dir' in r.stderr
+def test_cli_errors(tmp_path, monkeypatch, capsys):
+    "The console entry point, run in this process as its script runs it (`test_cli` runs the real script)."
+    from restorekit.train import train_cli
+    monkeypatch.chdir(tmp_path)
+    for argv, says in ((['--preset', 'dmeo'], "did you mean 'demo'"), (['--preset', 'demo', '--set', 'n_iters=3'], "did you mean 'n_iter'"),
+                       (['--resume'], '--run-dir')):
+        rc, err = run_cli(train_cli, 'restorekit-train', argv), capsys.readouterr().err
+        assert rc == 1 and says in err and len(err.strip().splitlines()) == 1, (argv, err)
+    assert not any(tmp_path.iterdir())   # a refused command writes nothing
 
 
 def _train_losses(run):
