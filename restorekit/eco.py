@@ -16,7 +16,7 @@ import torch.nn as nn
 from fastprogress.fastprogress import progress_bar
 
 from .core import atomic_write_bytes
-from .silver import SilverStore, _pread_into
+from .silver import SilverStore, _pread_into, _marker
 from .degrade import Degrader, preset
 from .gold import GoldCallback
 from .metrics import psnr
@@ -121,16 +121,20 @@ def _read_cjournal(dest:Path) -> list[dict]:
 def _open_centroids(dest:Path, want:dict, overwrite:bool) -> int:
     "Create or reopen a centroid store for `want` (its identity); return how many patches are safely done."
     meta_p = dest/_CMETA
-    if overwrite:
-        for n in (_MU, _DMU, _CJOURNAL, _CMETA): (dest/n).unlink(missing_ok=True)
+    if meta_p.exists() and (fmt := _marker(meta_p)) != _CFORMAT:   # every refusal comes before any file is deleted
+        raise ValueError(f"{dest} is not a centroid store: its {_CMETA} is " + ("a Silver store's" if fmt == 'restorekit-silver' else
+                         f"not restorekit's centroid {_CMETA}") + "; it is never replaced, even with overwrite: give a new or empty folder as dest")
     if meta_p.exists():
         meta = json.loads(meta_p.read_text())
-        if meta.get('format') != _CFORMAT: raise ValueError(f"{dest} holds something that is not a centroid store; choose another dest")
         diff = [k for k in ('teacher', 'scale', 'silver_patch', 'silver_digest') if meta.get(k) != want[k]]
-        if diff: raise ValueError(f"{dest} holds centroids of another {' and '.join(d.replace('silver_', 'Silver store ') for d in diff)}; "
-                                  "use another dest, or overwrite=True to rebuild it")
+        if diff and not overwrite:
+            raise ValueError(f"{dest} holds centroids of another {' and '.join(d.replace('silver_', 'Silver store ') for d in diff)}; "
+                             "use another dest, or overwrite=True to rebuild it")
     elif dest.is_dir() and any(dest.iterdir()):
-        raise ValueError(f"{dest} holds files and is not a centroid store: give a new or empty folder")
+        raise ValueError(f"{dest} holds files and is not a centroid store (no restorekit {_CMETA}): give a new or empty folder; "
+                         "overwrite=True replaces only a centroid store restorekit built")
+    if overwrite:
+        for n in (_MU, _DMU, _CJOURNAL, _CMETA): (dest/n).unlink(missing_ok=True)
     dest.mkdir(parents=True, exist_ok=True)
     done = sum(r['count'] for r in _read_cjournal(dest))
     atomic_write_bytes(dest/_CJOURNAL, ''.join(json.dumps(r) + '\n' for r in _read_cjournal(dest)).encode())
@@ -163,7 +167,7 @@ def build_centroids(
     bs:int=16,                # Patches per teacher forward
     device=None,              # Where the teacher runs (default: its device)
     tile:int|None=None,       # Tile side for large patches (`restorekit.inference.restore`); None: whole patches
-    overwrite:bool=False,     # Delete an existing centroid store in `dest` first
+    overwrite:bool=False,     # Delete a centroid store restorekit built in `dest` first (never other files)
     verbose:bool=True,        # Progress bar and a one-line summary
 ) -> dict:                    # count, new, seconds, patches_per_s and the teacher's PSNR (Y) μ vs y over the store
     "Compute `μ = teacher(↓y)` and `↓μ` (8-bit) for every Silver patch into a resumable store aligned with the Silver store."

@@ -21,7 +21,7 @@ from .core import atomic_write_bytes, one_line_warnings, parse_yaml
 from .models import create_model, load_trained, save_weights, trained_config
 
 # %% auto #0
-__all__ = ['CHECK_SIZES', 'ONNXExportError', 'onnx_max_abs_diff', 'export_onnx', 'export_cli']
+__all__ = ['CHECK_SIZES', 'ONNXExportError', 'nonfinite_weight', 'onnx_max_abs_diff', 'export_onnx', 'export_cli']
 
 # %% ../nbs/11_export.ipynb #a1b7f832
 class ONNXExportError(RuntimeError):
@@ -40,6 +40,11 @@ def _require(
     except ImportError:
         how = f"pip install 'restorekit[{extra}]' (or just pip install {name})" if extra else f"pip install {name}"
         raise ImportError(f"{why} needs the package {name}, which is not installed: {how}") from None
+
+def nonfinite_weight(model:nn.Module) -> str|None:
+    "The name of the first floating tensor of `model`'s state dict holding a NaN or an Inf, or None when all are finite."
+    return next((k for k, t in model.state_dict().items()
+                 if torch.is_tensor(t) and (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all())), None)
 
 def _plain_model(model) -> nn.Module:
     "A float32, eval-mode CPU copy of `model` (unwrapped from `torch.compile` and DataParallel); `model` is untouched."
@@ -109,7 +114,7 @@ def export_onnx(
     metadata:dict|None=None,  # Extra metadata (e.g. arch, scale) stored in the file's `metadata_props`
     dynamo:bool=False,        # Use the `torch.export`-based exporter (needs onnxscript) instead of the TorchScript one
 ) -> dict:                    # path, opset, exporter, metadata, max_abs_diff (overall) and diffs (per `HxW`)
-    "Export `model` to an ONNX file with dynamic batch/height/width, checked against PyTorch with ONNX Runtime."
+    "Export `model` (finite weights only) to an ONNX file with dynamic batch/height/width, checked against PyTorch with ONNX Runtime."
     path = Path(path).expanduser()
     if path.is_dir(): raise IsADirectoryError(f"ONNX path {str(path)!r} is a folder: give a file name ending in .onnx")
     if path.suffix.lower() != '.onnx': raise ValueError(f"ONNX path {str(path)!r} must end in .onnx")
@@ -120,6 +125,8 @@ def export_onnx(
     if check: _require('onnxruntime', 'The numerical check of an ONNX export (pass check=False / --no-check to skip it)')
     onnx = _require('onnx', 'ONNX export')
     m = _plain_model(model)
+    if (bad := nonfinite_weight(m)) is not None:   # whatever `check` says: such a graph outputs NaN for every image
+        raise ValueError(f"the weights of {type(m).__name__} are not finite: {bad!r} holds NaN or Inf; nothing was written to {str(path)!r}")
     x = torch.rand(1, channels, example_size, example_size, generator=torch.Generator().manual_seed(0))
     exporter = 'dynamo' if dynamo else 'torchscript'
     try:
@@ -182,6 +189,8 @@ def export_cli(
         if dest.suffix.lower() != '.onnx': raise ValueError(f"--onnx {onnx!r} must end in .onnx")
         if dest.exists() and not overwrite: raise FileExistsError(f"--onnx {onnx!r} exists: give another file name, or --overwrite to replace it")
         net = load_trained(model, arch, scale, kw)
+        if (bad := nonfinite_weight(net)) is not None:
+            raise ValueError(f"{model!r} holds non-finite weights (NaN or Inf), first in {bad!r}: export a checkpoint from before the training diverged")
         r = export_onnx(net, dest, opset=opset, check=check, metadata=_trained_info(model, arch, scale, kw))
     except (ValueError, TypeError, KeyError, OSError, ImportError, ONNXExportError) as e: sys.exit(f"restorekit-export: error: {e}")
     print(f"wrote {r['path']} (opset {r['opset']}, dynamic batch/height/width)")

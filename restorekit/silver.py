@@ -6,7 +6,7 @@ Docs: https://restorekit.github.io/restorekit/silver.html.md"""
 
 # %% ../nbs/01_silver.ipynb #0b35f01b
 from __future__ import annotations
-import bisect, json, os, sys, time, warnings, zlib
+import bisect, io, json, os, sys, time, warnings, zlib
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, asdict
@@ -15,19 +15,43 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image as PILImage
+from PIL.PngImagePlugin import PngInfo
 from fastcore.script import call_parse
 from torchvision.utils import make_grid
 from .core import (ImageReadError, one_line_warnings, load_image, save_image, atomic_write_bytes, sample_images,
                              DEFAULT_MAX_PIXELS)
 
 # %% auto #0
-__all__ = ['IMAGE_EXTS', 'grid_starts', 'patch_luma_std', 'cut_patches', 'SilverParams', 'list_sources', 'build_silver',
-           'SilverStore', 'contact_sheet', 'silver_cli']
+__all__ = ['IMAGE_EXTS', 'grid_starts', 'patch_luma_std', 'cut_patches', 'SilverParams', 'Sources', 'list_sources',
+           'build_silver', 'SilverStore', 'contact_sheet', 'silver_cli']
 
 # %% ../nbs/01_silver.ipynb #2de96c30
 IMAGE_EXTS = ('.png', '.jpg', '.jpeg', '.webp', '.bmp', '.tif', '.tiff')
 _FORMAT, _VERSION = 'restorekit-silver', 1
-_DATA, _JOURNAL, _META, _REPORT = 'patches.u8', 'journal.jsonl', 'meta.json', 'report.json'
+_DATA, _JOURNAL, _META, _REPORT, _SHEET = 'patches.u8', 'journal.jsonl', 'meta.json', 'report.json', 'contact_sheet.png'
+_REPORT_FORMAT, _SHEET_FORMAT = 'restorekit-silver-report', 'restorekit-silver-contact-sheet'
+
+def _marker(
+    path, # A file
+) -> str|None: # The restorekit format it says it is, or None (not restorekit's, unreadable, missing)
+    "The restorekit marker inside a file: a JSON `format` field, or an image's `restorekit` text chunk or comment."
+    path = Path(path)
+    try:
+        if path.suffix.lower() == '.json':
+            m = json.loads(path.read_text())
+            f = m.get('format') if isinstance(m, dict) else None
+        else:
+            with warnings.catch_warnings(), PILImage.open(path) as im:
+                warnings.simplefilter('ignore')
+                f = im.info.get('restorekit', im.info.get('comment'))
+            if isinstance(f, bytes): f = f.decode('utf-8', 'replace')
+    except Exception: return None   # not JSON, not an image, unreadable: not marked by restorekit
+    return f if isinstance(f, str) and f.startswith('restorekit') else None
+
+def _is_store(folder) -> bool:
+    "True if `folder` holds a store restorekit built (of any kind): its `meta.json` carries a restorekit format field."
+    return _marker(Path(folder)/_META) is not None
 
 # %% ../nbs/01_silver.ipynb #34393301
 def grid_starts(
@@ -110,10 +134,14 @@ class SilverParams:
         return self
 
 # %% ../nbs/01_silver.ipynb #ba82432c
+class Sources(tuple):
+    "`(images, other_files)` from `list_sources`; `.own` lists restorekit's own outputs found there (skipped) with the reason."
+    own:list
+
 def list_sources(
     src, # A folder (searched recursively) or a list of image files
-) -> tuple[list[tuple[Path, str]], list[str]]: # (path, name) of each image file; names of other files ignored
-    "Image files under `src`, sorted, each with a stable name relative to the source root."
+) -> Sources: # (path, name) of each image file; names of other files ignored; `.own`: `dict(file, reason)` skipped
+    "Image files under `src`, sorted, each with a stable name; restorekit's own outputs (stores, contact sheets) left out."
     if isinstance(src, (str, os.PathLike)):
         root = Path(src)
         if not root.exists(): raise FileNotFoundError(f"source folder {str(root)!r} does not exist")
@@ -124,12 +152,26 @@ def list_sources(
         root = Path(os.path.commonpath([p.resolve().parent for p in files])) if files else Path('.')
         files = [p.resolve() for p in files]
     named = [(p, p.relative_to(root).as_posix() if p.is_relative_to(root) else p.name) for p in files]
-    imgs = [(p, n) for p, n in named if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith('.')]
-    other = [n for p, n in named if (p, n) not in imgs]
+    stores = {q for q in {p.parent for p in files} if _is_store(q)}   # restorekit's store folders: never read as sources
+    own, seen, keep = [], set(), []
+    for p, n in named:
+        st = next((q for q in p.parents if q in stores), None)
+        if st is not None:
+            if st not in seen:
+                seen.add(st)
+                name = (st.relative_to(root).as_posix() if st.is_relative_to(root) else st.name) + '/'
+                own.append(dict(file=name, reason="a restorekit store folder (its meta.json): restorekit's own output, never a source"))
+        elif p.suffix.lower() in ('.png', '.jpg', '.jpeg') and _marker(p) == _SHEET_FORMAT:
+            own.append(dict(file=n, reason="a restorekit contact sheet: restorekit's own output, never a source"))
+        else: keep.append((p, n))
+    imgs = [(p, n) for p, n in keep if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith('.')]
+    other = [n for p, n in keep if (p, n) not in imgs]
     if not imgs:
-        raise ValueError(f"no image files found in {str(src)!r} (looked for {', '.join(IMAGE_EXTS)}, recursively); "
-                         "point src at a folder of photos")
-    return imgs, other
+        raise ValueError(f"no image files found in {str(src)!r} (looked for {', '.join(IMAGE_EXTS)}, recursively"
+                         + (f"; skipped restorekit's own outputs {', '.join(o['file'] for o in own)}" if own else '')
+                         + "); point src at a folder of photos")
+    res = Sources((imgs, other)); res.own = own
+    return res
 
 # %% ../nbs/01_silver.ipynb #ad78ff05
 def _read_journal(dest:Path) -> list[dict]:
@@ -147,26 +189,52 @@ def _append_line(f, rec:dict):
 
 def _write_json(path:Path, obj): atomic_write_bytes(path, (json.dumps(obj, indent=1) + '\n').encode())
 
+# %% ../nbs/01_silver.ipynb #c7e1a0f2
+def _replaceable(p:Path, store:bool) -> bool:
+    "True if restorekit wrote `p` as part of a Silver store: by the marker inside it, or (data, journal) by a marked `meta.json`."
+    if p.name == _META: return _marker(p) == _FORMAT
+    if p.name in (_DATA, _JOURNAL): return store
+    if p.name == _REPORT: return _marker(p) == _REPORT_FORMAT or store and _old_report(p)
+    if p.name == _SHEET: return _marker(p) == _SHEET_FORMAT or store
+    return False
+
+def _old_report(p:Path) -> bool:
+    "A report written before reports carried their format field: exactly the keys `build_silver` writes."
+    try: return set(json.loads(p.read_text())) == {'n_sources', 'n_ok', 'n_skipped', 'n_patches', 'n_new_patches', 'n_flat_dropped',
+                                                     'skipped', 'ignored_non_images', 'changed_since_stored', 'seconds'}
+    except Exception: return False
+
+def _check_ours(dest:Path):
+    "Refuse, in one line naming them, files with a Silver store's names in `dest` that restorekit did not write."
+    store = _marker(dest/_META) == _FORMAT
+    foreign = [dest/n for n in (_META, _DATA, _JOURNAL, _REPORT, _SHEET) if (dest/n).exists() and not _replaceable(dest/n, store)]
+    if not foreign: return
+    names = ', '.join(p.name for p in foreign) + (' is' if len(foreign) == 1 else ' are')
+    if not store: raise ValueError(f"{dest} is not a Silver store (no restorekit Silver {_META}): its {names} not a Silver store's (no "
+                                   "restorekit marker for one inside) and never replaced, even with overwrite; give a new or empty folder as dest")
+    raise ValueError(f"in the Silver store {dest}, {names} not restorekit's (no restorekit marker inside) and never replaced, "
+                     "even with overwrite; move them away or choose another dest")
+
 # %% ../nbs/01_silver.ipynb #e0881f6d
 def _prepare_dest(dest:Path, params:SilverParams, overwrite:bool) -> list[dict]:
     "Create or reopen a store folder; return its journal, cut back to what is safely on disk."
     meta_p = dest/_META
-    if overwrite:
-        for n in (_DATA, _JOURNAL, _META, _REPORT): (dest/n).unlink(missing_ok=True)
+    _check_ours(dest)    # every refusal comes before any file changes
     if meta_p.exists():
         meta = json.loads(meta_p.read_text())
-        if meta.get('format') != _FORMAT: raise ValueError(f"{dest} holds something that is not a Silver store; choose another dest")
         old = {k: meta['params'].get(k) for k in asdict(params)}
         diff = {k: (old[k], v) for k, v in asdict(params).items() if old[k] != v}
-        if diff:
+        if diff and not overwrite:
             raise ValueError(f"{dest} was built with other parameters "
                              + ', '.join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
                              + "; use another dest, or overwrite=True (--overwrite) to rebuild it")
-    elif dest.exists() and any(dest/n for n in (_DATA, _JOURNAL) if (dest/n).exists()):
-        raise ValueError(f"{dest} has store files but no {_META}; remove them or pass overwrite=True")
-    elif dest.is_dir() and any(dest.iterdir()) and not overwrite:   # never mix a store into a folder of the user's files
-        raise ValueError(f"{dest} holds files and is not a Silver store: give a new or empty folder as dest "
-                         "(or overwrite=True / --overwrite to build the store beside them)")
+    elif dest.is_dir() and (mine := [p.name for p in dest.iterdir() if not _replaceable(p, False)]):   # never mix a store into a folder of the user's files
+        raise ValueError(f"{dest} holds files and is not a Silver store ({', '.join(sorted(mine)[:3])}"
+                         f"{', ...' if len(mine) > 3 else ''}): give a new or empty folder as dest; --overwrite replaces only a store restorekit built")
+    elif dest.is_dir() and any(dest.iterdir()) and not overwrite:
+        raise ValueError(f"{dest} holds files restorekit wrote but no Silver store: pass overwrite=True (--overwrite) to replace them, or give a new or empty folder")
+    if overwrite:
+        for n in (_DATA, _JOURNAL, _META, _REPORT): (dest/n).unlink(missing_ok=True)
     dest.mkdir(parents=True, exist_ok=True)
     journal = _read_journal(dest)
     end = max((r['start'] + r['count'] for r in journal if r['status'] == 'ok'), default=0)
@@ -250,14 +318,15 @@ def build_silver(
     seed:int=0,                   # Seed for the per-image subsets
     n_workers:int|None=None,      # Decoding processes (default: up to 4 for 16+ files, else 0 = in this process)
     max_pixels:int|None=DEFAULT_MAX_PIXELS, # Larger images are skipped (decompression-bomb guard)
-    overwrite:bool=False,         # Delete an existing store in `dest` first
+    overwrite:bool=False,         # Delete a store restorekit built in `dest` first (never other files)
     verbose:bool=True,            # Print a one-line summary
 ) -> dict:                        # The report (also written to `dest/report.json`)
     "Cut every readable image under `src` into patches in a Silver store at `dest`; resumable and idempotent."
     if _importing_main(): raise SystemExit(1)   # a worker re-importing a script with no main guard: no second build
     params = SilverParams(patch, stride or patch // 2, float(min_std), max_per_image, seed).validate()
     dest = Path(dest)
-    sources, ignored = list_sources(src)
+    found = list_sources(src)
+    (sources, ignored), own = found, found.own
     inside = [(p, n) for p, n in sources if p.resolve().is_relative_to(dest.resolve())]  # a store (or its sheet) inside src
     if isinstance(src, (str, os.PathLike)) and Path(src).is_dir() and Path(src).resolve().is_relative_to(dest.resolve()) or len(inside) == len(sources):
         raise ValueError(f"dest {str(dest)!r} is (or contains) the source folder {str(src)!r}: the store would be written among "
@@ -281,7 +350,7 @@ def build_silver(
             journal.append(rec)
     paths = {n: p for p, n in sources}
     changed = [r['src'] for r in journal if r['src'] in paths and _changed(r, paths[r['src']])]
-    report = _report(journal, ignored, changed, new, time.time() - t0)
+    report = _report(journal, ignored, changed, new, time.time() - t0, own)
     _write_json(dest/_REPORT, report)
     _write_json(dest/_META, dict(format=_FORMAT, version=_VERSION, params=asdict(params), count=start,
                                  channels=3, dtype='uint8', layout='NHWC', complete=True))
@@ -297,12 +366,13 @@ def _changed(rec:dict, path:Path) -> bool:
     except OSError: return False
     return (rec.get('size'), rec.get('mtime_ns')) != (st.st_size, st.st_mtime_ns)
 
-def _report(journal, ignored, changed, new, secs) -> dict:
+def _report(journal, ignored, changed, new, secs, own=()) -> dict:
+    "The build report, marked as restorekit's; restorekit's own outputs found under `src` are listed as skipped."
     ok = [r for r in journal if r['status'] == 'ok']
     sk = [r for r in journal if r['status'] != 'ok']
-    return dict(n_sources=len(journal), n_ok=len(ok), n_skipped=len(sk), n_patches=sum(r['count'] for r in ok),
+    return dict(format=_REPORT_FORMAT, n_sources=len(journal), n_ok=len(ok), n_skipped=len(sk) + len(own), n_patches=sum(r['count'] for r in ok),
                 n_new_patches=new, n_flat_dropped=sum(r.get('n_flat', 0) for r in ok),
-                skipped=[dict(file=r['src'], reason=r['reason']) for r in sk],
+                skipped=[dict(file=r['src'], reason=r['reason']) for r in sk] + list(own),
                 ignored_non_images=ignored, changed_since_stored=changed, seconds=round(secs, 3))
 
 # %% ../nbs/01_silver.ipynb #60fbd5cb
@@ -391,7 +461,7 @@ class SilverStore(torch.utils.data.Dataset):
 # %% ../nbs/01_silver.ipynb #ded18a36
 def contact_sheet(
     store:SilverStore,      # Store to sample from
-    path=None,              # Write the sheet here as PNG (atomically); None: don't write
+    path=None,              # Write the sheet here (atomically; PNG/JPEG carry restorekit's marker); None: don't write
     n:int=16,               # Number of patches
     ncols:int=4,            # Patches per row
     seed:int=0,             # Which patches (a seeded sample)
@@ -404,8 +474,17 @@ def contact_sheet(
     size = size or min(store.patch, 256)
     if size != store.patch: ps = torch.nn.functional.interpolate(ps, size=(size, size), mode='area' if size < store.patch else 'bicubic').clamp(0, 1)
     sheet = make_grid(ps, nrow=ncols, padding=2, pad_value=1.0)
-    if path is not None: save_image(sheet, path)
+    if path is not None: _save_sheet(sheet, Path(path))
     return sheet
+
+def _save_sheet(sheet:torch.Tensor, path:Path):
+    "Write a sheet atomically, marked as restorekit's (a PNG text chunk, a JPEG comment) where the format has room for it."
+    ext = path.suffix.lower()
+    if ext not in ('.png', '.jpg', '.jpeg'): return save_image(sheet, path)
+    img, buf = PILImage.fromarray((sheet.clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)), io.BytesIO()
+    if ext == '.png': info = PngInfo(); info.add_text('restorekit', _SHEET_FORMAT); img.save(buf, 'PNG', pnginfo=info)
+    else: img.save(buf, 'JPEG', quality=95, comment=_SHEET_FORMAT)
+    atomic_write_bytes(path, buf.getvalue())
 
 # %% ../nbs/01_silver.ipynb #2b29524e
 def _check_sheet(sheet:Path, src, overwrite:bool):
@@ -428,7 +507,7 @@ def silver_cli(
     max_per_image:int=None,        # At most this many patches per image
     seed:int=0,                    # Seed for per-image subsets and the contact sheet
     n_workers:int=None,            # Decoding processes
-    overwrite:bool=False,          # Delete an existing store in dest first (and replace an existing --sheet)
+    overwrite:bool=False,          # Delete a store restorekit built in dest first (and replace an existing --sheet)
     sheet:str=None,                # Contact sheet PNG (default DEST/contact_sheet.png)
 ):
     "Build (or resume) a Silver patch store and write a contact sheet of sampled patches."

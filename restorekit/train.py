@@ -27,10 +27,12 @@ from .gold import GOLD_ON
 from .learner import restoration_dls, restoration_learner, default_metrics, image_grid
 from .callbacks import ValidateEvery, NaNGuard, JSONLLogger, FreezeFor, plot_loss_curve, fit_resumable, _valid_values
 from .callbacks import read_checkpoint, CheckpointError
+from fastai.callback.core import Callback
 
 # %% auto #0
-__all__ = ['DEMO_VALID', 'LOSS_TERMS', 'TRAIN_PRESETS', 'ECO_KEYS', 'KD_KEYS', 'RUN_OUTPUTS', 'TrainConfig', 'check_config',
-           'config_source', 'config_dict', 'load_config', 'detail_crop', 'torch_threads', 'train', 'train_cli']
+__all__ = ['DEMO_VALID', 'LOSS_TERMS', 'TRAIN_PRESETS', 'ECO_KEYS', 'KD_KEYS', 'RUN_OUTPUTS', 'RESUME_CHANGEABLE', 'TrainConfig',
+           'check_config', 'config_source', 'config_dict', 'load_config', 'detail_crop', 'torch_threads', 'train',
+           'train_cli']
 
 # %% ../nbs/09b_train.ipynb #c0f9c193
 DEMO_VALID = ('chelsea.png', 'coffee.png')   # bundled photos held out of the default Silver store, for validation
@@ -356,15 +358,54 @@ def torch_threads(n:int|None):
 # %% ../nbs/09b_train.ipynb #96478a94
 RUN_OUTPUTS = ('config.yaml', 'log.jsonl', 'loss_curve.png', 'comparison.png', 'summary.json', 'best.safetensors',
                'checkpoint', 'silver', 'valid_cache', 'centroids')   # what `train` writes in its run folder
+RESUME_CHANGEABLE = ('device', 'threads', 'num_workers', 'checkpoint_every')   # where and how the rest of a run runs, not what it learns
+
+class _RunConfig(Callback):
+    "Keep the run's config in each checkpoint (`checkpoint_state`): what a resume is checked against."
+    checkpoint_state = True
+    def __init__(self, cfg:TrainConfig): self.cfg = asdict(cfg)
+    @property
+    def name(self): return 'run_config'
+    def state_dict(self) -> dict: return self.cfg
+    def load_state_dict(self, d:dict): pass   # `_check_resumable` compared it with the resumed run's config
+
+def _changes(old:dict, new:dict, pre:str='') -> list:
+    "`(key, old, new)` for each (sub-)key whose value differs between two config dicts."
+    out = []
+    for k in dict.fromkeys([*old, *new]):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict): out += _changes(a, b, f'{pre}{k}.')
+        elif json.dumps(a) != json.dumps(b) and not (_type_ok(a, float) and _type_ok(b, float) and a == b): out.append((pre + k, a, b))
+    return out
 
 def _check_resumable(run:Path, cfg:TrainConfig):
-    "Refuse a resume whose checkpoint is damaged or is of a run of another length, before anything is written."
+    "Refuse a resume whose checkpoint is damaged, or whose config differs from the one the run started with (but for `RESUME_CHANGEABLE`)."
     if not (run/'checkpoint'/'last.json').exists(): return
-    try: man = read_checkpoint(run/'checkpoint')['manifest']
+    try: ck = read_checkpoint(run/'checkpoint')
     except CheckpointError as e: raise ValueError(f"cannot resume {str(run)!r}: {e}. Nothing was changed: restore the "
                                                   "checkpoint folder from a backup, or train again into a new run_dir") from None
+    man, st = ck['manifest'], ck['state']
     if man['total'] != cfg.n_iter: raise ValueError(f"cannot resume {str(run)!r}: its checkpoint is of a {man['total']}-iteration run, "
                                                     f"not {cfg.n_iter}. Nothing was changed: resume without changing n_iter")
+    started = (st.get('callbacks') or {}).get('run_config')
+    if started is None:   # a checkpoint from before `_RunConfig`: its schedule still holds the peak learning rate
+        started = {'lr': max(st['sched']['base'])} if st.get('sched') else {}
+        if 'lr' in started and math.isclose(started['lr'], cfg.lr, rel_tol=1e-6): started['lr'] = cfg.lr
+    now = {k: v for k, v in asdict(cfg).items() if k in started}
+    bad = [c for c in _changes({k: started[k] for k in now}, now) if c[0].split('.')[0] not in RESUME_CHANGEABLE + ('run_dir',)]
+    if bad: raise ValueError(
+        f"cannot resume {str(run)!r} with {', '.join(f'{k!r} changed ({a!r} -> {b!r})' for k, a, b in bad)}: a run resumes with the config it "
+        f"started with (only {', '.join(RESUME_CHANGEABLE)} may change). Nothing was changed: put them back in its config.yaml (or drop the "
+        f"--set), or start a new run in another run_dir, e.g. from this run's weights with pretrained={str(run)}")
+
+def _check_valid_outside(run:Path, cfg:TrainConfig):
+    "Refuse a validation folder that is the run folder or holds it: the run would validate on its own outputs."
+    r = run.resolve()
+    for v in ([] if cfg.valid is None else [cfg.valid] if isinstance(cfg.valid, str) else cfg.valid):
+        p = Path(v).resolve()
+        if p == r or p in r.parents: raise ValueError(
+            f"validation path {str(v)!r} is or holds the run folder {str(run)!r}, so the run would validate on its own outputs "
+            "(comparison.png, loss_curve.png, ...). Nothing was written: keep the validation images outside the run folder (valid=), or give another run_dir")
 
 # %% ../nbs/09b_train.ipynb #8d71f6cc
 def train(
@@ -380,7 +421,9 @@ def train(
         if not str(run) or not (run/'config.yaml').is_file(): raise FileNotFoundError(
             f"cannot resume: {str(run) or '(no run_dir given)'!r} is not a run folder (no config.yaml); pass the run_dir of the run to resume")
         cfg = load_config(run/'config.yaml') if config is None else (config if isinstance(config, TrainConfig) else load_config(config))
-        _check_resumable(run, cfg)   # before anything is written: a refused resume changes nothing
+        cfg = _absolute_paths(dataclasses.replace(cfg, run_dir=str(run)))   # the saved config resumes from any folder
+        _check_valid_outside(run, cfg)   # before anything is written: a refused resume changes nothing
+        _check_resumable(run, cfg)
         if not (run/'checkpoint'/'last.json').exists():   # killed before its first checkpoint: the run starts over
             (run/'log.jsonl').unlink(missing_ok=True)
             if verbose: print(f"{str(run)!r} has no checkpoint yet: starting the run from the beginning")
@@ -393,7 +436,8 @@ def train(
             f"{str(run)!r} already holds a training run: pass resume=True (--resume) to continue it, or another run_dir")
         if taken: raise FileExistsError(f"{str(run)!r} already holds {', '.join(taken)}, which a run would overwrite: "
                                         "give another run_dir (--run-dir), or an empty folder")
-    cfg = _absolute_paths(dataclasses.replace(cfg, run_dir=str(run)))   # the saved config resumes from any folder
+        cfg = _absolute_paths(dataclasses.replace(cfg, run_dir=str(run)))
+        _check_valid_outside(run, cfg)
     run.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(run/'config.yaml', yaml.safe_dump(asdict(cfg), sort_keys=False).encode())
     with torch_threads(cfg.threads):
@@ -409,7 +453,7 @@ def train(
         learn = restoration_learner(dls, cfg.arch, loss=loss, metrics=default_metrics(cfg.scale, lpips=False), n_iter=cfg.n_iter,
                                     lr=cfg.lr, warmup=cfg.warmup, grad_clip=cfg.grad_clip, ema=cfg.ema, seed=cfg.seed,
                                     model_kw=cfg.model_kw, mixed_precision=cfg.mixed_precision, path=run,
-                                    cbs=[ve, NaNGuard(), JSONLLogger(path=run)] + ([FreezeFor(cfg.freeze_iters)] if cfg.freeze_iters else []) + teach_cbs)
+                                    cbs=[ve, NaNGuard(), JSONLLogger(path=run), _RunConfig(cfg)] + ([FreezeFor(cfg.freeze_iters)] if cfg.freeze_iters else []) + teach_cbs)
         if cfg.lr_mult != 1: learn.lr = slice(cfg.lr / cfg.lr_mult, cfg.lr)   # [body, head] (`model_splitter`)
         if cfg.pretrained and not resume: load_weights(learn.model, _pretrained_file(cfg.pretrained))
         if not verbose: learn.remove_cbs([cb for cb in learn.cbs if type(cb).__name__ == 'ProgressCallback']); learn.logger = lambda *a, **k: None

@@ -6,7 +6,7 @@ Docs: https://restorekit.github.io/restorekit/upscale.html.md"""
 
 # %% ../nbs/10b_upscale.ipynb #28c822db
 from __future__ import annotations
-import argparse, json, sys, tempfile, time, warnings
+import argparse, json, stat, sys, tempfile, time, warnings
 from pathlib import Path
 
 import torch
@@ -28,22 +28,31 @@ def upscale_targets(
     ext:str|None=None,      # Output format by extension (png, tif, jpg, webp); None: the input's
     suffix:str='',          # Added to each output file's stem
 ) -> tuple[list, list]:     # `[(src, dst), ...]` and the ignored non-image files of the folders
-    "The (input, output) file pairs of a batch, and the non-image files found in its folders."
+    "The (input, output) file pairs of a batch and the non-image files of its folders; refuse a batch that could write nothing."
     if not inputs: raise ValueError("no inputs: give image files and/or folders")
     outdir, pairs, ignored = Path(outdir), [], []
     ext = None if ext is None else '.' + ext.lower().lstrip('.')
     if ext is not None and ext not in IMAGE_EXTS: raise ValueError(f"unknown output format {ext!r}; use one of {', '.join(IMAGE_EXTS)}")
     def dst_for(rel:Path) -> Path: return outdir/rel.with_name(rel.stem + suffix + (ext or rel.suffix))
-    out_res = outdir.resolve()
+    out_res, earlier = outdir.resolve(), 0
     for i in map(Path, inputs):
-        if i.is_dir():   # files under the output folder are earlier outputs, not inputs (-o inside an input folder)
-            files = sorted(p for p in i.rglob('*') if p.is_file() and not p.name.startswith('.') and out_res not in p.resolve().parents)
+        if i.is_dir():
+            i_res = i.resolve()
+            if out_res == i_res: raise ValueError(f"-o {str(outdir)!r} is the input folder {str(i)!r}: the outputs would land on the inputs; choose another -o")
+            if out_res == i_res.parent: raise ValueError(f"-o {str(outdir)!r} holds the input folder {str(i)!r}: its outputs would land in it, among the inputs; choose another -o")
+            inside = i_res in out_res.parents   # -o inside the input folder: the files under it are earlier outputs, not inputs
+            files = sorted(p for p in i.rglob('*') if p.exists() and not p.is_dir() and not p.name.startswith('.'))   # FIFOs etc. too: reported, never read
+            if inside: n = len(files); files = [p for p in files if out_res not in p.resolve().parents]; earlier += n - len(files)
             for p in files:
                 if p.suffix.lower() in IMAGE_EXTS: pairs.append((p, dst_for(Path(i.resolve().name)/p.relative_to(i))))
                 else: ignored.append(p)
         elif i.exists(): pairs.append((i, dst_for(Path(i.name))))
         else: raise FileNotFoundError(f"input {str(i)!r} does not exist")
-    dsts = [d.resolve() for _, d in pairs]
+    if not pairs:
+        raise ValueError(f"no image file to upscale in {', '.join(map(str, inputs))} ({len(ignored)} other files ignored, "
+                         f"{earlier} earlier outputs under -o left out): give image files or folders holding some")
+    dsts, srcs = [d.resolve() for _, d in pairs], {s.resolve() for s, _ in pairs}
+    if all(d in srcs for d in dsts): raise ValueError(f"every output would overwrite an input (e.g. {str(pairs[0][1])!r}): choose another -o, or pass --suffix")
     if len(set(dsts)) != len(dsts):
         dup = next(d for d in dsts if dsts.count(d) > 1)
         raise ValueError(f"two inputs would be written to {str(dup)!r}: give them different names, or use suffix/ext")
@@ -51,6 +60,13 @@ def upscale_targets(
 
 # %% ../nbs/10b_upscale.ipynb #699aee5d
 _FILE_ERRORS = (ImageReadError, OSError, ValueError)   # a bad file or an unwritable output: report it and go on
+
+def _kind(mode:int) -> str:
+    "What a file that is not a regular file is, from its `st_mode`."
+    for f, k in ((stat.S_ISDIR, 'a folder'), (stat.S_ISFIFO, 'a FIFO'), (stat.S_ISCHR, 'a character device'),
+                 (stat.S_ISBLK, 'a block device'), (stat.S_ISSOCK, 'a socket')):
+        if f(mode): return k
+    return 'not a plain file'
 
 def upscale_batch(
     model:torch.nn.Module,  # The network (see `load_trained`)
@@ -64,6 +80,10 @@ def upscale_batch(
     inputs = {Path(s).resolve() for s, _ in pairs}
     for src, dst in (progress_bar(pairs, leave=False) if progress and len(pairs) > 1 else pairs):
         src, dst = Path(src), Path(dst)
+        try: mode = src.stat().st_mode   # stat, never open: a FIFO would block, /dev/zero never ends
+        except OSError as e: rep['failed'].append({'file': str(src), 'reason': f'{type(e).__name__}: {e.strerror or e}'}); continue
+        if not stat.S_ISREG(mode):
+            rep['failed'].append({'file': str(src), 'reason': f'not a regular file ({_kind(mode)}): not read'}); continue
         if dst.resolve() in inputs:   # its own input or another one of the batch: never, even with overwrite
             rep['skipped'].append({'file': str(src), 'reason': f'the output {dst} would overwrite an input'}); continue
         if dst.exists() and not overwrite:

@@ -369,11 +369,12 @@ def test_silver_never_touches_what_it_did_not_write(tmp_path_factory, dest, src,
     before = hashes(root)
     rc = run_cli(silver_cli, 'restorekit-silver', argv)
     after = hashes(root)
-    ok = (dest not in ('in', '.') and (dest != 'mine' or overwrite) and (dest != 'prev' or patch == 48 or overwrite)
+    ok = (dest not in ('in', '.') and dest != 'mine' and (dest != 'prev' or patch == 48 or overwrite)
           and (sheet != 'in/p0.png' or src == 'in/sub' and overwrite) and (sheet != 'sheet.png' or overwrite))
     assert (rc == 0) == ok, f"exit status {rc} for {argv}"   # the cases above are refused, the others build
     for p in inputs: assert after.get(p) == before[p], f"input {p} changed or was deleted: {argv}"
     for p, h in before.items():
+        if p.parent == root / 'mine': assert after.get(p) == h, f"the user's {p.name} was changed, --overwrite or not: {argv}"
         if p in inputs or overwrite: continue
         if p.parent == root / 'prev' and p.name in STORE_FILES and dest == 'prev':   # a resume of restorekit's own store
             assert p in after, f"{p} of the resumed store was deleted: {argv}"

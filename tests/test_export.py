@@ -13,6 +13,7 @@ onnx = pytest.importorskip('onnx', reason='onnx is not installed (pip install on
 
 from restorekit.export import CHECK_SIZES, ONNXExportError, export_onnx, onnx_max_abs_diff  # noqa: E402
 from restorekit.models import create_model, save_weights  # noqa: E402
+from conftest import run_cli  # noqa: E402
 
 EDSR_TINY = dict(n_feats=8, n_blocks=2)
 SIZES = [(37, 53), (64, 64), (96, 80), (17, 120)]   # (h, w): odd, square, non-square, very flat
@@ -139,3 +140,28 @@ def test_cli_errors(weights, tmp_path, case, expect):
     assert expect in r.stderr, r.stderr
     if case != 'no_onnx': assert 'restorekit-export: error:' in r.stderr and 'Traceback' not in r.stderr
     assert list(tmp_path.iterdir()) == []   # nothing written, no temp file left
+
+
+@pytest.mark.parametrize('bad', ['nan', 'inf'])
+@pytest.mark.parametrize('check', [False, True])
+def test_cli_refuses_non_finite_weights(tmp_path, capsys, bad, check):
+    "NaN/Inf weights are refused whatever --check says: one line naming the file and the first bad tensor, nothing written."
+    from restorekit.export import export_cli
+    m = create_model('edsr_baseline', 2, seed=0, **EDSR_TINY)
+    with torch.no_grad():
+        m.body[1].body[0].bias[3] = float(bad)          # 'body.1.body.0.bias', the first bad tensor
+        m.tail[1].weight[0, 0, 0, 0] = float('nan')     # a later one
+    w = save_weights(m, tmp_path/'bad.safetensors', {'arch': 'edsr_baseline', 'scale': 2, 'model_kw': '{"n_feats": 8, "n_blocks": 2}'})
+    before = {p: p.read_bytes() for p in tmp_path.iterdir()}
+    rc = run_cli(export_cli, 'restorekit-export', [w, '--onnx', tmp_path/'m.onnx'] + ([] if check else ['--no-check']))
+    err = capsys.readouterr().err.strip()
+    assert rc != 0 and len(err.splitlines()) == 1, (rc, err)
+    assert err.startswith('restorekit-export: error:') and str(w) in err and "'body.1.body.0.bias'" in err and 'tail.1' not in err, err
+    assert {p: p.read_bytes() for p in tmp_path.iterdir()} == before     # no .onnx, no temporary file
+
+
+def test_export_onnx_refuses_non_finite_weights(tmp_path):
+    m = create_model('edsr_baseline', 2, seed=0, **EDSR_TINY)
+    with torch.no_grad(): m.head[0].weight[0, 0, 0, 0] = float('inf')
+    with pytest.raises(ValueError, match="'head.0.weight'"): export_onnx(m, tmp_path/'m.onnx', check=False)
+    assert list(tmp_path.iterdir()) == []

@@ -146,18 +146,21 @@ def _train_losses(run):
     return [json.loads(line)['loss'] for line in (run / 'log.jsonl').read_text().splitlines() if '"train"' in line]
 
 
-def test_cli_finetune_from_saved_run(tmp_path):
+def test_cli_finetune_from_saved_run(tmp_path, monkeypatch, capsys):
     "jpeg_heavy_finetune from a saved scale-1 run: the weights load strictly, the body is frozen first, training starts where the first run ended."
+    from restorekit.train import train_cli
+    monkeypatch.chdir(tmp_path)
+    def cli(*argv):   # the console entry point in this process (`test_cli` runs the real script)
+        rc = run_cli(train_cli, 'restorekit-train', list(argv)); return rc, capsys.readouterr().err
     small = ['patch=48', 'bs=4', 'model_kw.n_feats=8', 'model_kw.n_blocks=1', 'valid_crop=64', 'silver_patch=64']
     (tmp_path / 'pre.yaml').write_text(yaml.safe_dump({'arch': 'edsr_baseline', 'scale': 1, 'degrade': 'jpeg_heavy', 'lr': 1e-3,
                                                        'device': 'cpu', 'loss': {'l1': 1.0}}))
-    r = _cli('--config', 'pre.yaml', '--run-dir', 'pre', '--set', 'n_iter=24', 'validate_every=12', 'checkpoint_every=12',
-             *small, cwd=tmp_path)
-    assert r.returncode == 0, r.stderr[-2000:]
+    rc, err = cli('--config', 'pre.yaml', '--run-dir', 'pre', '--set', 'n_iter=24', 'validate_every=12', 'checkpoint_every=12', *small)
+    assert rc == 0, err[-2000:]
     # fine-tune, pointing at the run folder (its best.safetensors)
-    r = _cli('--preset', 'jpeg_heavy_finetune', '--run-dir', 'ft', '--set', 'pretrained=pre', 'silver=pre/silver', 'n_iter=8',
-             'freeze_iters=4', 'validate_every=4', 'checkpoint_every=4', 'device=cpu', *small, cwd=tmp_path)
-    assert r.returncode == 0, r.stderr[-2000:]
+    rc, err = cli('--preset', 'jpeg_heavy_finetune', '--run-dir', 'ft', '--set', 'pretrained=pre', 'silver=pre/silver', 'n_iter=8',
+                  'freeze_iters=4', 'validate_every=4', 'checkpoint_every=4', 'device=cpu', *small)
+    assert rc == 0, err[-2000:]
     cfg = load_config(tmp_path / 'ft' / 'config.yaml')
     assert (cfg.preset, cfg.scale, cfg.freeze_iters, cfg.lr_mult) == ('jpeg_heavy_finetune', 1, 4, 10)
     assert cfg.pretrained == str(tmp_path / 'pre')                   # saved absolute: the run resumes from any folder
@@ -166,9 +169,9 @@ def test_cli_finetune_from_saved_run(tmp_path):
     # the fine-tuned run starts from the pretrained weights: its first losses are the first run's late ones, not its early ones
     assert sum(ft[:4]) / 4 < 0.8 * sum(pre[:4]) / 4, (pre[:4], ft[:4])
     # a model of another scale is refused with the layers named
-    r = _cli('--preset', 'sr_x2_bicubic', '--run-dir', 'bad', '--set', 'pretrained=pre/best.safetensors', 'silver=pre/silver',
-             'n_iter=4', *small, cwd=tmp_path)
-    assert r.returncode != 0 and 'tail' in r.stderr, r.stderr[-2000:]
+    rc, err = cli('--preset', 'sr_x2_bicubic', '--run-dir', 'bad', '--set', 'pretrained=pre/best.safetensors', 'silver=pre/silver',
+                  'n_iter=4', *small)
+    assert rc != 0 and 'tail' in err, err[-2000:]
 
 
 def test_finetune_keeps_body_frozen_then_trains_it(tmp_path):
@@ -267,3 +270,78 @@ def test_comparison_titles_whole_image_psnrs(tmp_path, monkeypatch, photo_maker)
     whole, crop = ' | '.join(titles[0]), ' | '.join(titles[1])
     assert 'whole image' in whole and f'{pb[0]:.2f} dB' in titles[0][0] and f'{pm[0]:.2f} dB' in titles[0][1]
     assert 'crop' in crop and f"{shown['crop_psnr_model']:.2f} dB" in titles[1][1] and f'{pm[0]:.2f}' not in crop
+
+
+# --- resuming with another config, validating on the run's own outputs ----------------------------------------------
+
+def _hashes(root):
+    "SHA-256 of every file under `root`, by relative path."
+    import hashlib
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob('*')) if p.is_file()}
+
+
+def _refused(argv, capsys, says):
+    "Run `restorekit-train argv` in this process; check it exits 1 with one line of error containing each of `says`."
+    from restorekit.train import train_cli
+    rc, err = run_cli(train_cli, 'restorekit-train', argv), capsys.readouterr().err
+    assert rc == 1 and len(err.strip().splitlines()) == 1 and all(s in err for s in says), (argv, rc, err)
+    return err
+
+
+def test_cli_resume_refuses_config_changes(tmp_path, monkeypatch, capsys):
+    "Issue 8: `--resume` with an edited config.yaml or `--set` changing what already trained (lr, loss) is refused in one line; nothing is written."
+    from restorekit.train import train_cli
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(train_cli, 'restorekit-train', ['--preset', 'demo', '--run-dir', 'run', '--set', *TINY]) == 0
+    capsys.readouterr()
+    before = _hashes(tmp_path)
+    err = _refused(['--resume', '--run-dir', 'run', '--set', 'lr=0.5'], capsys, ["'lr'", 'new run', 'pretrained='])
+    assert 'loss' not in err
+    assert _hashes(tmp_path) == before
+    d = yaml.safe_load((tmp_path / 'run' / 'config.yaml').read_text())   # the run's config.yaml, edited
+    d['lr'], d['loss']['l1'] = 0.5, 2.0
+    (tmp_path / 'run' / 'config.yaml').write_text(yaml.safe_dump(d, sort_keys=False))
+    edited = _hashes(tmp_path)
+    _refused(['--resume', '--run-dir', 'run'], capsys, ["'lr'", "'loss.l1' changed (1.0 -> 2.0)", 'config.yaml'])
+    assert _hashes(tmp_path) == edited
+
+
+def test_resume_applies_allowed_changes(tmp_path, monkeypatch, capsys):
+    "Issue 8: the keys that may change on resume (e.g. checkpoint_every, threads) take effect and are written to config.yaml."
+    from restorekit.train import RESUME_CHANGEABLE, train_cli
+    assert {'device', 'threads', 'num_workers', 'checkpoint_every'} == set(RESUME_CHANGEABLE)
+    run, saved = tmp_path / 'run', []
+    class Boom(Exception): pass
+    orig = CheckpointEvery.save
+    def save_then_crash(self):
+        p = orig(self); saved.append(self.learn.train_iter)
+        if self.learn.train_iter == 10 and len(saved) == 1: raise Boom('killed at iteration 10')
+        return p
+    monkeypatch.setattr(CheckpointEvery, 'save', save_then_crash)
+    with pytest.raises(Boom): train(tiny_config(), run_dir=run, verbose=False)
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(train_cli, 'restorekit-train', ['--resume', '--run-dir', 'run', '--set', 'checkpoint_every=5', 'threads=2']) == 0
+    assert saved == [10, 15, 20]                                    # the new checkpoint_every took effect
+    cfg = load_config(run / 'config.yaml')
+    assert (cfg.checkpoint_every, cfg.threads, cfg.lr) == (5, 2, 1e-3)   # ... and config.yaml is the config that ran
+    before = _hashes(tmp_path)                                      # the changed run resumes with its own config, not another
+    _refused(['--resume', '--run-dir', 'run', '--set', 'validate_every=5'], capsys, ["'validate_every'"])
+    assert _hashes(tmp_path) == before
+
+
+def test_valid_folder_holding_the_run_is_refused(tmp_path, monkeypatch, capsys, photos_writer):
+    "Issue 9: a validation folder that is, or contains, the run folder is refused in one line, for new runs and resumes; nothing is written."
+    from restorekit.train import train_cli
+    monkeypatch.chdir(tmp_path)
+    photos_writer(tmp_path / 'data', 2, h=96, w=128)
+    before = _hashes(tmp_path)
+    for rd in ('data', 'data/run'):   # the validation folder itself, a folder inside it
+        _refused(['--preset', 'demo', '--run-dir', rd, '--set', *TINY, 'valid=data'], capsys, ['valid', 'run folder'])
+        assert _hashes(tmp_path) == before and not (tmp_path / 'data' / 'run').exists()
+    # a finished run moved into its validation folder
+    assert run_cli(train_cli, 'restorekit-train', ['--preset', 'demo', '--run-dir', 'a/run', '--set', *TINY, 'valid=data']) == 0
+    capsys.readouterr()
+    (tmp_path / 'a' / 'run').rename(tmp_path / 'data' / 'run')
+    before = _hashes(tmp_path)
+    _refused(['--resume', '--run-dir', 'data/run'], capsys, ['valid', 'run folder'])
+    assert _hashes(tmp_path) == before
