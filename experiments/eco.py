@@ -311,7 +311,7 @@ def main(argv=None):
     shared = shared_data()
     if shared is None or not (shared / 'Kodak24').is_dir() or not (shared / 'weights_IMDN' / 'IMDN_x2.pth').is_file():
         print('eco.py: needs ../shared/data (Kodak24, Set5, Set14, weights_IMDN): skipped'); return None
-    if a.smoke: a.seeds, a.n_iter, a.every, a.max_per_image, a.out = 1, 4, 2, 2, a.smoke_out or a.out
+    if a.smoke: a.seeds, a.n_iter, a.every, a.max_per_image, a.bs, a.out = 1, 4, 2, 2, 4, a.smoke_out or a.out
     torch.set_num_threads(a.threads)
     parts, t_all = set(a.parts.split(',')), time.time()
     work = Path(tempfile.mkdtemp(prefix='eco-'))
