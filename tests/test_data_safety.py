@@ -315,7 +315,7 @@ def test_export_keeps_an_existing_file(tmp_path, model_file):
 
 
 # --- the rule, as a property: random layouts of inputs, outputs, suffixes and existing files ---------------------------
-from hypothesis import HealthCheck, given, settings, strategies as st   # noqa: E402
+from hypothesis import example, HealthCheck, given, settings, strategies as st   # noqa: E402
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -425,7 +425,9 @@ TRAIN_RULE = ['n_iter=2', 'validate_every=2', 'checkpoint_every=2', 'patch=32', 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(run_dir=st.sampled_from(['new', 'empty', 'mine', 'done', 'valid']), resume=st.booleans(), n_iter=st.sampled_from([2, 3]))
-def test_train_never_touches_what_it_did_not_write(tmp_path_factory, store, finished_run, run_dir, resume, n_iter):
+@example(run_dir='done', resume=True, n_iter=2)   # the one layout that must run: always tried
+@example(run_dir='done', resume=True, n_iter=3)
+def test_train_never_touches_what_it_did_not_write(tmp_path_factory, store, valid_imgs, finished_run, run_dir, resume, n_iter):
     """The rule for `restorekit-train`: the Silver store and the validation images are byte-identical after any run; the
     user's files are unchanged; only --resume of restorekit's own run (`done`) may update that run's outputs."""
     import shutil
@@ -436,7 +438,8 @@ def test_train_never_touches_what_it_did_not_write(tmp_path_factory, store, fini
     (root / 'mine' / 'config.yaml').write_text('my: settings\n'); (root / 'mine' / 'notes.txt').write_text('mine')
     shutil.copytree(finished_run, root / 'done')
     s_before, inputs = hashes(store.path), {p for p in (root / 'valid').iterdir()}
-    argv = ['--preset', 'demo', '--set', *TRAIN_RULE, f'silver={store.path}', f'valid={root / "valid" / "p0.png"}',
+    valid = valid_imgs[0] if run_dir == 'done' else root / 'valid' / 'p0.png'   # a resume runs its own config (another valid= is refused)
+    argv = ['--preset', 'demo', '--set', *TRAIN_RULE, f'silver={store.path}', f'valid=[{valid}]' if run_dir == 'done' else f'valid={valid}',
             '--n-iter', n_iter, '--run-dir', root / run_dir] + (['--resume'] if resume else [])
     before = hashes(root)
     rc = run_cli(train_cli, 'restorekit-train', argv)
